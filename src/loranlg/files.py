@@ -1,0 +1,82 @@
+"""Reading and writing the pipeline's files: JSON lines with located errors, outputs written atomically."""
+
+import contextlib
+import json
+import os
+import tempfile
+
+from .errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="w", encoding="utf-8"):
+    """Write to a temporary file beside `path`; rename it into place only if the block succeeds.
+
+    A crash or an exception never leaves a partial file under the final name.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    except OSError as err:
+        raise InputError(f"cannot write here: {err.strerror}", path) from None
+    try:
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_writable_dir(path):
+    """Fail early (before hours of work) when an output directory cannot be created or written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the directory: {err.strerror}", path) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError("the directory is not writable", path)
+
+
+def open_input(path):
+    """Open a UTF-8 text input, turning 'missing' and 'unreadable' into located errors."""
+    try:
+        return open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except IsADirectoryError:
+        raise InputError("expected a file, found a directory", path) from None
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", path) from None
+
+
+def read_lines(path):
+    """Yield (line_number, text) of a UTF-8 file; bytes that are not UTF-8 give a located error."""
+    with open_input(path) as handle:
+        number = 0
+        try:
+            for number, text in enumerate(handle, start=1):
+                yield number, text
+        except UnicodeDecodeError as err:
+            raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", path, number + 1) from None
+
+
+def read_jsonl(path, required=()):
+    """Yield (line_number, object) of a JSON-lines file; each object must be a dict holding `required` keys."""
+    for number, text in read_lines(path):
+        if not text.strip():
+            raise InputError("empty line; expected one JSON object per line", path, number)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"not valid JSON ({err.msg}); expected one JSON object per line", path, number) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a JSON object, found {type(obj).__name__}", path, number)
+        missing = [key for key in required if key not in obj]
+        if missing:
+            raise InputError(f"missing key(s) {', '.join(map(repr, missing))}", path, number)
+        yield number, obj

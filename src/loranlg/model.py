@@ -1,0 +1,186 @@
+"""GPT-2 as the LoRA paper's code defines it (SPEC 3): pre-LN blocks, tanh GELU, learned positions,
+LM head tied to the token embedding, no dropout anywhere but on the LoRA input.
+
+Three ways to run it:
+  model(ids)                          full causal pass -> logits [B, T, V] (training, scoring)
+  model.prefill(ids, lengths, cache)  right-padded contexts -> next-token logits [B, V], fills the cache
+  model.decode_step(tokens, cache)    one new token per row, each at its own position -> logits [B, V]
+Right padding plus causal attention means a padded row computes exactly what the row would alone.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora import LoRAQKV
+
+CARDS = {
+    "gpt2.sm": dict(n_embd=768, n_layer=12, n_head=12),
+    "gpt2.md": dict(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2.lg": dict(n_embd=1280, n_layer=36, n_head=20),
+    # Small cards of our own: tests (tiny) and the offline CPU demo (mini), trained from scratch.
+    "gpt2.tiny": dict(n_embd=64, n_layer=2, n_head=4),
+    "gpt2.mini": dict(n_embd=256, n_layer=4, n_head=4),
+}
+
+
+@dataclass
+class GPT2Config:
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    layer_norm_epsilon: float = 1e-5
+    lora_attn_dim: int = 0
+    lora_attn_alpha: float = 128
+    lora_dropout: float = 0.0
+    lora_slices: tuple = (True, False, True)  # q, k, v
+
+    @classmethod
+    def from_card(cls, card, **overrides):
+        if card not in CARDS:
+            raise ValueError(f"unknown model card {card!r}; expected one of {', '.join(CARDS)}")
+        return cls(**{**CARDS[card], **overrides})
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+class KVCache:
+    """Preallocated keys and values for generation. Row b holds lengths[b] valid positions."""
+
+    def __init__(self, config, batch, max_len, device=None, dtype=torch.float32):
+        shape = (config.n_layer, batch, config.n_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @property
+    def max_len(self):
+        return self.k.shape[3]
+
+    def reorder(self, index):
+        """Keep rows `index` (beam reordering, or expanding contexts into beams with repeat_interleave)."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        self.lengths = self.lengths.index_select(0, index)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = LoRAQKV(config.n_embd, config.lora_attn_dim, config.lora_attn_alpha,
+                              config.lora_dropout, config.lora_slices)
+        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+
+    def forward(self, x, cache=None, layer=0, write_at=None, key_mask=None):
+        batch, length, width = x.shape
+        qkv = self.c_attn(x).view(batch, length, 3, self.n_head, width // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
+        if write_at is None:
+            if cache is not None:
+                cache.k[layer, :, :, :length] = k
+                cache.v[layer, :, :, :length] = v
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            rows = torch.arange(batch, device=x.device)
+            cache.k[layer][rows, :, write_at] = k[:, :, 0]
+            cache.v[layer][rows, :, write_at] = v[:, :, 0]
+            y = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer], attn_mask=key_mask)
+        return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class Conv1D(nn.Module):
+    """A linear layer in the hub's layout: weight [in, out]."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x):
+        return F.linear(x, self.weight.t(), self.bias)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, **attn_kwargs):
+        x = x + self.attn(self.ln_1(x), **attn_kwargs)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.01)
+
+    def forward(self, input_ids, positions, cache=None, write_at=None, key_mask=None):
+        x = self.wte(input_ids) + self.wpe(positions)
+        for index, block in enumerate(self.h):
+            x = block(x, cache=cache, layer=index, write_at=write_at, key_mask=key_mask)
+        return self.ln_f(x)
+
+
+class GPT2LMModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = GPT2Model(config)
+
+    def lm_logits(self, hidden):
+        return F.linear(hidden, self.transformer.wte.weight)  # tied head
+
+    def hidden_states(self, input_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.transformer(input_ids, positions)
+
+    def forward(self, input_ids):
+        return self.lm_logits(self.hidden_states(input_ids))
+
+    def new_cache(self, batch, max_len, device=None, dtype=None):
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, batch, max_len, device or weight.device, dtype or weight.dtype)
+
+    def prefill(self, input_ids, lengths, cache):
+        """Contexts right-padded to one length; returns the logits after each row's last real token."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = self.transformer(input_ids, positions, cache=cache)
+        cache.lengths = lengths.to(cache.lengths.device, torch.long).clone()
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return self.lm_logits(hidden[rows, lengths - 1])
+
+    def decode_step(self, tokens, cache):
+        """Append one token per row at position lengths[row]; returns next-token logits [B, V]."""
+        position = cache.lengths
+        key_mask = (torch.arange(cache.max_len, device=tokens.device) <= position[:, None])[:, None, None, :]
+        hidden = self.transformer(tokens[:, None], position[:, None], cache=cache,
+                                  write_at=position, key_mask=key_mask)
+        cache.lengths = position + 1
+        return self.lm_logits(hidden[:, 0])

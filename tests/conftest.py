@@ -1,0 +1,54 @@
+"""Shared fixtures. Real data comes from ../shared (or $LORANLG_SHARED); models are tiny and built here."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from loranlg.model import GPT2Config, GPT2LMModel  # noqa: E402
+
+
+def shared_path():
+    return pathlib.Path(os.environ.get("LORANLG_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    path = shared_path()
+    if not (path / "vocab" / "encoder.json").is_file():
+        pytest.skip(f"shared data not found at {path} (set LORANLG_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vocab_dir(shared_dir):
+    return shared_dir / "vocab"
+
+
+def tiny_config(**overrides):
+    """A small GPT-2 with a short vocabulary: fast on the CPU, same code paths as the real cards."""
+    base = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=97, n_positions=128)
+    base.update(overrides)
+    return GPT2Config(**base)
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT2LMModel(tiny_config(**overrides)).eval()
+
+
+def run_script(name, *args, env=None, cwd=None, check=False):
+    """Run one of src/*.py or scripts/*.sh as a user would; returns the CompletedProcess."""
+    import subprocess
+    script = REPO / ("src" if name.endswith(".py") else "scripts") / name
+    cmd = [sys.executable, str(script)] if name.endswith(".py") else ["bash", str(script)]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd or REPO, check=check)
