@@ -19,6 +19,7 @@ def atomic_output(path, mode="w", encoding="utf-8"):
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes it 0600; give it a normal file's mode
     except OSError as err:
         raise InputError(f"cannot write here: {err.strerror}", path) from None
     try:
@@ -30,6 +31,12 @@ def atomic_output(path, mode="w", encoding="utf-8"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable_dir(path):

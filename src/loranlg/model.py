@@ -89,9 +89,10 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             rows = torch.arange(batch, device=x.device)
-            cache.k[layer][rows, :, write_at] = k[:, :, 0]
-            cache.v[layer][rows, :, write_at] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer], attn_mask=key_mask)
+            keys, values = cache.k[layer], cache.v[layer]
+            keys[rows, :, write_at] = k[:, :, 0].to(keys.dtype)  # autocast may hand us another dtype
+            values[rows, :, write_at] = v[:, :, 0].to(values.dtype)
+            y = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=key_mask).to(q.dtype)
         return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -174,7 +175,7 @@ class GPT2LMModel(nn.Module):
         hidden = self.transformer(input_ids, positions, cache=cache)
         cache.lengths = lengths.to(cache.lengths.device, torch.long).clone()
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return self.lm_logits(hidden[rows, lengths - 1])
+        return self.lm_logits(hidden[rows, lengths.to(input_ids.device) - 1])
 
     def decode_step(self, tokens, cache):
         """Append one token per row at position lengths[row]; returns next-token logits [B, V]."""

@@ -1,0 +1,163 @@
+# Shared by the E2E stage scripts (train_e2e.sh, beam_e2e.sh, decode_e2e.sh, eval_e2e.sh, run_e2e.sh).
+# Sourced, not run. Every setting is a variable with a matching flag; the flag wins:
+#   MODEL        --model md|lg|sm         GPT-2 size (default md)
+#   NGPU         --ngpu N                 processes per node (default 1)
+#   WORK_DIR     --work_dir DIR           run directory (default trained_models/GPT2_M/e2e for md, ..._L for lg)
+#   FORCE=1      --force                  redo a stage whose outputs exist
+#   LAUNCHER     --launcher torchrun|launch|python
+#                                         torchrun (default), python -m torch.distributed.launch, or one plain process
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT  (--nnodes --node_rank --master_addr --master_port) several nodes
+#   DATA_DIR     --data_dir DIR           the E2E jsonl files (default data/e2e)
+#   PRETRAINED_DIR --pretrained_dir DIR   GPT-2 weights and vocabulary (default pretrained_checkpoints)
+#   VOCAB_DIR    --vocab DIR              GPT-2 vocabulary (default PRETRAINED_DIR)
+#   INIT_CHECKPOINT --init_checkpoint F   base weights (default PRETRAINED_DIR/gpt2-medium-pytorch_model.bin
+#                                         or -model.safetensors for md); "none" trains from scratch
+#   MODEL_CARD   --model_card CARD        overrides the card MODEL implies (gpt2.md for md)
+#   PRECISION    --precision fp32|bf16|fp16  passed to gpt2_ft.py and gpt2_beam.py when set
+#   LORA_DIM     --lora_dim R             LoRA rank (default 4); 0 is full fine-tuning
+#   PYTHON                                the interpreter (default python3)
+# Anything after `--` goes to the stage's Python command as extra flags (a repeated flag overrides ours).
+
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${PYTHON:-python3}
+EXTRA_ARGS=()
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+log() {
+  echo "[$STAGE] $*" >&2
+}
+
+parse_common_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --model) MODEL=$2; shift 2 ;;
+      --ngpu|--nproc_per_node) NGPU=$2; shift 2 ;;
+      --work_dir|--work-dir) WORK_DIR=$2; shift 2 ;;
+      --force) FORCE=1; shift ;;
+      --launcher) LAUNCHER=$2; shift 2 ;;
+      --nnodes) NNODES=$2; shift 2 ;;
+      --node_rank|--node-rank) NODE_RANK=$2; shift 2 ;;
+      --master_addr|--master-addr) MASTER_ADDR=$2; shift 2 ;;
+      --master_port|--master-port) MASTER_PORT=$2; shift 2 ;;
+      --data_dir|--data-dir) DATA_DIR=$2; shift 2 ;;
+      --pretrained_dir|--pretrained-dir) PRETRAINED_DIR=$2; shift 2 ;;
+      --vocab) VOCAB_DIR=$2; shift 2 ;;
+      --init_checkpoint) INIT_CHECKPOINT=$2; shift 2 ;;
+      --checkpoint) CHECKPOINT=$2; shift 2 ;;
+      --model_card) MODEL_CARD=$2; shift 2 ;;
+      --precision) PRECISION=$2; shift 2 ;;
+      --lora_dim) LORA_DIM=$2; shift 2 ;;
+      --demo) DEMO=1; shift ;;
+      -h|--help) usage; exit 0 ;;
+      --) shift; EXTRA_ARGS=("$@"); break ;;
+      *) die "unknown option '$1' (see --help; flags for the Python command go after --)" ;;
+    esac
+  done
+  resolve_settings
+}
+
+resolve_settings() {
+  MODEL=${MODEL:-md}
+  case "$MODEL" in
+    sm) SIZE_NAME=gpt2; DEFAULT_WORK=trained_models/GPT2_S/e2e ;;
+    md) SIZE_NAME=gpt2-medium; DEFAULT_WORK=trained_models/GPT2_M/e2e ;;
+    lg) SIZE_NAME=gpt2-large; DEFAULT_WORK=trained_models/GPT2_L/e2e ;;
+    *) die "--model must be sm, md or lg (MODEL=$MODEL)" ;;
+  esac
+  MODEL_CARD=${MODEL_CARD:-gpt2.$MODEL}
+  NGPU=${NGPU:-1}
+  NNODES=${NNODES:-1}
+  NODE_RANK=${NODE_RANK:-0}
+  MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+  MASTER_PORT=${MASTER_PORT:-29500}
+  LAUNCHER=${LAUNCHER:-torchrun}
+  FORCE=${FORCE:-0}
+  PRECISION=${PRECISION:-}
+  PRECISION_ARGS=()
+  if [ -n "$PRECISION" ]; then PRECISION_ARGS=(--precision "$PRECISION"); fi
+  LORA_DIM=${LORA_DIM:-4}
+  WORK_DIR=$(absolute "${WORK_DIR:-$DEFAULT_WORK}")
+  DATA_DIR=$(absolute "${DATA_DIR:-data/e2e}")
+  PRETRAINED_DIR=$(absolute "${PRETRAINED_DIR:-pretrained_checkpoints}")
+  VOCAB_DIR=$(absolute "${VOCAB_DIR:-$PRETRAINED_DIR}")
+  if [ -z "${INIT_CHECKPOINT:-}" ]; then
+    INIT_CHECKPOINT=$PRETRAINED_DIR/$SIZE_NAME-pytorch_model.bin
+    if [ ! -f "$INIT_CHECKPOINT" ] && [ -f "$PRETRAINED_DIR/$SIZE_NAME-model.safetensors" ]; then
+      INIT_CHECKPOINT=$PRETRAINED_DIR/$SIZE_NAME-model.safetensors
+    fi
+  elif [ "$INIT_CHECKPOINT" != none ]; then
+    INIT_CHECKPOINT=$(absolute "$INIT_CHECKPOINT")
+  fi
+  case "$NGPU$NNODES$NODE_RANK$LORA_DIM" in *[!0-9]*) die "--ngpu, --nnodes, --node_rank and --lora_dim take whole numbers" ;; esac
+  case "$LAUNCHER" in torchrun|launch|python) ;; *) die "--launcher must be torchrun, launch or python" ;; esac
+  if [ "$LAUNCHER" = python ] && [ "$((NGPU * NNODES))" -gt 1 ]; then
+    die "--launcher python runs one process; use torchrun or launch for NGPU=$NGPU x NNODES=$NNODES"
+  fi
+}
+
+# A path relative to the repository (the scripts run from any directory), made absolute.
+absolute() {
+  case "$1" in
+    /*) echo "$1" ;;
+    *) echo "$REPO_DIR/$1" ;;
+  esac
+}
+
+# need_file PATH "how to make it": stop with a message naming the script that makes a missing input.
+need_file() {
+  [ -s "$1" ] || die "$STAGE: missing input $1 (make it with: $2)"
+}
+
+# already_done OUTPUT...: true (and a message) when every output exists and FORCE is not set.
+already_done() {
+  [ "$FORCE" = 1 ] && return 1
+  local path
+  for path in "$@"; do
+    [ -s "$path" ] || return 1
+  done
+  log "skipped: $* exist (--force or FORCE=1 redoes it)"
+  return 0
+}
+
+# launch SCRIPT ARGS...: the Python entry point under the chosen launcher.
+launch() {
+  local script=$REPO_DIR/src/$1
+  shift
+  local nodes=(--nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT")
+  case "$LAUNCHER" in
+    python) run "$PY" "$script" "$@" ;;
+    torchrun) run "$PY" -m torch.distributed.run --nproc_per_node="$NGPU" "${nodes[@]}" "$script" "$@" ;;
+    launch) run "$PY" -m torch.distributed.launch --nproc_per_node="$NGPU" "${nodes[@]}" "$script" "$@" ;;
+  esac
+}
+
+run() {
+  log "running: $*"
+  "$@"
+}
+
+# The checkpoint that train_e2e.sh finished with (CHECKPOINT overrides, e.g. a released LoRA file).
+final_checkpoint() {
+  if [ -n "${CHECKPOINT:-}" ]; then
+    absolute "$CHECKPOINT"
+    return
+  fi
+  local marker=$WORK_DIR/train.done
+  [ -s "$marker" ] || die "$STAGE: no finished training in $WORK_DIR (no train.done; make it with:" \
+    "bash scripts/train_e2e.sh, or set CHECKPOINT=path/to/model.pt)"
+  echo "$WORK_DIR/$(cat "$marker")"
+}
+
+# predict.{step}.b10p08r4.jsonl as in the original README; {step} is the checkpoint's name without model./.pt.
+predict_file() {
+  local name
+  name=$(basename "$1" .pt)
+  echo "$WORK_DIR/predict.${name#model.}.b10p08r4.jsonl"
+}
+

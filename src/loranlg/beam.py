@@ -1,0 +1,336 @@
+"""The paper's beam search (SPEC 6), batched over many contexts, with the semantics of the original at
+--batch_size 1 whatever the batch size.
+
+For one context (B beams, V tokens): the logits are processed (repetition penalty, EOS blocked before
+min_length, no-repeat-ngram over the generated tokens), turned into log-probabilities as log(softmax);
+step 0 keeps the B best tokens of the one distribution, every later step the B best of the B*V
+candidates beam score + log p (torch.topk order). After each step a beam that ends in an EOS id becomes a
+hypothesis scored beam score / L**length_penalty and its score becomes -inf; after eval_len steps every
+beam is one. A hypothesis replaces the best only when strictly better. The output is the best hypothesis's
+ids right-padded with 0 to eval_len.
+
+Here many contexts of different lengths share one batch: they are right-padded to the longest, the key/value
+cache holds each row's own prefix, and every step is a handful of tensor operations over all rows (no loop
+over beams or the vocabulary). A context stops being computed once no future hypothesis can beat its best.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+from .files import atomic_output, check_writable_dir, read_jsonl
+from .tokenizer import EOT_ID
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    beam: int = 1
+    eval_len: int = 256
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = 1.0
+    min_length: int = 0
+    eos_ids: tuple = (EOT_ID,)
+
+
+# ---------------------------------------------------------------- one step's scores
+
+def process_logits(logits, history, settings):
+    """The original's processing of next-token logits [R, V], in place. history: [R, i] generated ids
+    (None at step 0), so i is the step index."""
+    step = 0 if history is None else history.shape[1]
+    penalty = settings.repetition_penalty
+    if penalty != 1.0 and step > 0:
+        seen = logits.gather(1, history)  # a repeated id reads and writes the same value: penalised once
+        logits.scatter_(1, history, torch.where(seen < 0, seen * penalty, seen / penalty))
+    if step < settings.min_length and settings.eos_ids:
+        logits[:, list(settings.eos_ids)] = NEG_INF
+    n = settings.no_repeat_ngram_size
+    if n > 0 and step >= n:  # at least one complete n-gram in the history
+        windows = history.unfold(1, n, 1)  # [R, step - n + 1, n]
+        prefix = history[:, step - n + 1:]  # the last n - 1 tokens
+        match = (windows[:, :, :-1] == prefix[:, None, :]).all(-1)
+        ban = torch.full(match.shape, float("inf"), dtype=logits.dtype, device=logits.device)
+        ban.masked_fill_(match, NEG_INF)
+        logits.scatter_reduce_(1, windows[:, :, -1], ban, reduce="amin")  # +inf leaves a logit as it is
+    return logits
+
+
+def log_probs(logits, history, settings, dtype):
+    logits = process_logits(logits.to(dtype), history, settings)
+    return torch.log(torch.softmax(logits, dim=-1))  # the original's log(softmax), not log_softmax
+
+
+# ---------------------------------------------------------------- finished hypotheses
+
+class BestHypotheses:
+    """Per context: the best finished hypothesis so far (score, ids) and whether there is one."""
+
+    def __init__(self, contexts, eval_len, length_penalty, device, dtype):
+        self.eval_len = eval_len
+        self.length_penalty = length_penalty
+        self.score = torch.full((contexts,), NEG_INF, dtype=dtype, device=device)
+        self.found = torch.zeros(contexts, dtype=torch.bool, device=device)
+        self.ids = torch.zeros(contexts, eval_len, dtype=torch.long, device=device)
+
+    def add(self, beam_scores, history, finished):
+        """Beams [N, B] with `finished` become hypotheses; returns the beam scores with those set to -inf.
+
+        Equivalent to the original's scan in beam order with a strict comparison: the first beam holding
+        the step's maximum wins, and only if it beats the stored best (or there is none)."""
+        contexts, beams = beam_scores.shape
+        length = history.shape[1]
+        scores = (beam_scores / length ** self.length_penalty).masked_fill(~finished, NEG_INF)
+        top = scores.max(dim=1).values
+        pick = torch.where(top == NEG_INF, finished.int().argmax(dim=1), scores.argmax(dim=1))
+        update = finished.any(dim=1) & (~self.found | (top > self.score))
+        rows = torch.arange(contexts, device=history.device) * beams + pick
+        chosen = history.index_select(0, rows)
+        self.ids[:, :length] = torch.where(update[:, None], chosen, self.ids[:, :length])
+        self.score = torch.where(update, top, self.score)
+        self.found |= update
+        return beam_scores.masked_fill(finished, NEG_INF)
+
+    def can_improve(self, beam_scores, steps_done):
+        """Whether a later hypothesis could still replace the best, per context.
+
+        Log-probabilities are <= 0, so every future beam score is <= today's best beam score s <= 0, and
+        its hypothesis score s' / L**lp <= s / max(L**lp) over the lengths still to come."""
+        lengths = range(min(steps_done + 1, self.eval_len), self.eval_len + 1)
+        largest_divisor = max(length ** self.length_penalty for length in lengths)
+        bound = beam_scores.max(dim=1).values / largest_divisor
+        return ~self.found | (bound > self.score)
+
+    def keep(self, index):
+        self.score, self.found, self.ids = self.score[index], self.found[index], self.ids[index]
+
+
+# ---------------------------------------------------------------- one batch of contexts
+
+def pad_contexts(contexts, device):
+    lengths = torch.tensor([len(c) for c in contexts], dtype=torch.long)
+    ids = torch.zeros(len(contexts), int(lengths.max()), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, :len(context)] = torch.tensor(context, dtype=torch.long)
+    return ids.to(device), lengths.to(device)
+
+
+def score_dtype(model):
+    return torch.float64 if model.transformer.wte.weight.dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def beam_search(model, contexts, settings, early_stop=True, stats=None):
+    """Decode a batch of contexts (lists of ids); returns one list of eval_len ids per context."""
+    device = model.transformer.wte.weight.device
+    dtype = score_dtype(model)
+    beams, eval_len = settings.beam, settings.eval_len
+    ids, lengths = pad_contexts(contexts, device)
+    cache = model.new_cache(len(contexts), ids.shape[1] + eval_len - 1, device)
+    logp = log_probs(model.prefill(ids, lengths, cache), None, settings, dtype)
+    vocab = logp.shape[-1]
+    if beams > vocab:
+        raise InputError(f"--beam {beams} is larger than the vocabulary ({vocab})")
+    beam_scores, tokens = torch.topk(logp, beams, dim=1, largest=True, sorted=True)
+    # Cache rows are selected lazily: expansion into beams, beam reordering and dropping finished contexts
+    # compose into one index_select before the next decode step.
+    cache_rows = torch.arange(len(contexts), device=device).repeat_interleave(beams)
+    history = tokens.reshape(-1, 1)
+    eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=device)
+    best = BestHypotheses(len(contexts), eval_len, settings.length_penalty, device, dtype)
+    beam_scores = best.add(beam_scores, history, torch.isin(tokens, eos))
+
+    results = [None] * len(contexts)
+    active = list(range(len(contexts)))  # batch row -> position in `contexts`
+    steps = 1
+    for step in range(1, eval_len):
+        if early_stop:
+            improvable = best.can_improve(beam_scores, step).tolist()
+            if not all(improvable):
+                for row, position in enumerate(active):
+                    if not improvable[row]:
+                        results[position] = best.ids[row].tolist()
+                active = [p for p, keep in zip(active, improvable) if keep]
+                if not active:
+                    break
+                keep = torch.tensor(improvable, device=device).nonzero().flatten()
+                best.keep(keep)
+                beam_scores = beam_scores[keep]
+                rows = (keep[:, None] * beams + torch.arange(beams, device=device)).flatten()
+                history = history[rows]
+                cache_rows = cache_rows[rows]
+        count = len(active)
+        cache.reorder(cache_rows)
+        logp = log_probs(model.decode_step(history[:, -1], cache), history, settings, dtype)
+        candidates = (beam_scores.reshape(-1, 1) + logp).view(count, beams * vocab)
+        beam_scores, flat = torch.topk(candidates, beams, dim=1, largest=True, sorted=True)
+        cache_rows = (flat // vocab + torch.arange(count, device=device)[:, None] * beams).flatten()
+        tokens = flat % vocab
+        history = torch.cat((history[cache_rows], tokens.reshape(-1, 1)), dim=1)
+        beam_scores = best.add(beam_scores, history, torch.isin(tokens, eos))
+        steps += 1
+    if active:
+        if history.shape[1] == eval_len:  # the final flush: every beam left is a hypothesis
+            best.add(beam_scores, history, torch.ones_like(beam_scores, dtype=torch.bool))
+        for row, position in enumerate(active):
+            results[position] = best.ids[row].tolist()
+    if stats is not None:
+        stats["steps"] = stats.get("steps", 0) + steps
+    return results
+
+
+# ---------------------------------------------------------------- the data file
+
+def read_contexts(path, seq_len, eval_len, vocab_size):
+    """The encoded jsonl's contexts, each cut to its last seq_len - eval_len ids; (contexts, cut count)."""
+    keep = seq_len - eval_len
+    contexts, cut = [], 0
+    for number, record in read_jsonl(path, required=("context",)):
+        context = record["context"]
+        if not isinstance(context, list) or not context or \
+                not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+            raise InputError('"context" should be a non-empty list of token ids (an encoded jsonl, see '
+                             'gpt2_encode.py)', path, number)
+        bad = [t for t in context if not 0 <= t < vocab_size]
+        if bad:
+            raise InputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", path, number)
+        if len(context) > keep:
+            context, cut = context[-keep:], cut + 1
+        contexts.append(tuple(context))
+    if not contexts:
+        raise InputError("no examples: the file is empty", path)
+    return contexts, cut
+
+
+def distinct_batches(contexts, batch_size, rank=0, world_size=1):
+    """This rank's batches of distinct contexts, longest first (little padding, the largest memory first)."""
+    distinct = sorted(set(contexts), key=lambda c: (-len(c), c))
+    mine = distinct[rank::world_size]
+    return [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+
+
+class Progress:
+    """Contexts per second on stderr: a bar on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, total, enabled=True):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.enabled = enabled
+        self.bar = None
+        self.last_line = self.start
+        if enabled and sys.stderr.isatty():
+            from progress.bar import Bar
+            self.bar = Bar("beam", max=total, suffix="%(index)d/%(max)d contexts  %(rate).1f contexts/s")
+            self.bar.rate = 0.0
+
+    def rate(self):
+        return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+    def advance(self, count):
+        self.done += count
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.rate = self.rate()
+            self.bar.next(count)
+        elif time.perf_counter() - self.last_line >= 10 or self.done == self.total:
+            self.last_line = time.perf_counter()
+            print(f"beam: {self.done}/{self.total} contexts, {self.rate():.1f} contexts/s", file=sys.stderr)
+
+    def finish(self):
+        if self.bar is not None:
+            self.bar.finish()
+
+
+def decode_contexts(model, batches, settings, progress):
+    """{context: ids} for every context of these batches."""
+    results = {}
+    for batch in batches:
+        for context, ids in zip(batch, beam_search(model, list(map(list, batch)), settings)):
+            results[context] = ids
+        progress.advance(len(batch))
+    return results
+
+
+def write_predictions(path, contexts, results):
+    with atomic_output(path) as out:
+        for index, context in enumerate(contexts):
+            out.write(json.dumps({"id": index, "predict": results[context]}) + "\n")
+
+
+# ---------------------------------------------------------------- the command
+
+def settings_from_args(args):
+    return BeamSettings(beam=args.beam, eval_len=args.eval_len, length_penalty=args.length_penalty,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size,
+                        repetition_penalty=args.repetition_penalty, min_length=args.min_length,
+                        eos_ids=tuple(args.eos_token_id))
+
+
+def check_args(args, config):
+    if args.beam < 1 or args.batch_size < 1 or args.eval_len < 1:
+        raise InputError("--beam, --batch_size and --eval_len must be at least 1")
+    if args.seq_len - args.eval_len < 1:
+        raise InputError(f"--seq_len ({args.seq_len}) must exceed --eval_len ({args.eval_len}): contexts get "
+                         "seq_len - eval_len tokens")
+    if args.seq_len > config.n_positions:
+        raise InputError(f"--seq_len {args.seq_len} exceeds the model's {config.n_positions} positions")
+    bad = [t for t in args.eos_token_id if not 0 <= t < config.vocab_size]
+    if bad:
+        raise InputError(f"--eos_token_id {bad[0]} is outside the vocabulary (0..{config.vocab_size - 1})")
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(args, device):
+    from .checkpoint import build_model, load_weights
+    from .lora import merge_lora
+
+    torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
+    model = build_model(args.model_card, args.lora_dim, args.lora_alpha)
+    load_weights(model, args.init_checkpoint, args.lora_checkpoint)
+    merge_lora(model)
+    return model.to(device, PRECISIONS[args.precision]).eval()
+
+
+def run_beam(args):
+    """The gpt2_beam.py command after argument parsing."""
+    from .distributed import cleanup, gather_objects, setup_distributed
+
+    ctx = setup_distributed(args)
+    try:
+        out_path = os.path.join(args.work_dir, args.output_file)
+        if ctx.is_main:
+            check_writable_dir(args.work_dir)
+        model = load_model(args, ctx.device)
+        check_args(args, model.config)
+        settings = settings_from_args(args)
+        contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, model.config.vocab_size)
+        if cut and ctx.is_main:
+            print(f"note: {cut} context(s) longer than seq_len - eval_len = {args.seq_len - args.eval_len} "
+                  "tokens keep only their last tokens, as in the original", file=sys.stderr)
+        batches = distinct_batches(contexts, args.batch_size, ctx.rank, ctx.world_size)
+        mine = sum(map(len, batches))
+        progress = Progress(mine, enabled=ctx.is_main)
+        start = time.perf_counter()
+        results = decode_contexts(model, batches, settings, progress)
+        progress.finish()
+        gathered = gather_objects(results, ctx)
+        if ctx.is_main:
+            merged = {}
+            for part in gathered:
+                merged.update(part)
+            write_predictions(out_path, contexts, merged)
+            seconds = time.perf_counter() - start
+            print(f"beam: {len(merged)} distinct contexts ({len(contexts)} lines) in {seconds:.1f} s, "
+                  f"{len(merged) / max(seconds, 1e-9):.1f} contexts/s on {ctx.world_size} process(es); "
+                  f"wrote {out_path}", file=sys.stderr)
+    finally:
+        cleanup(ctx)

@@ -1,0 +1,409 @@
+"""Building GPT-2 + LoRA and moving its weights in and out of every checkpoint format of SPEC 3-4.
+
+Read:  hub GPT-2 (`pytorch_model.bin` with legacy keys, `model.safetensors`), keys with or without the
+       `transformer.` / `module.transformer.` prefixes, the original's `{"model_state_dict": ...}` files
+       (full or LoRA-only), and base weights plus a separate LoRA file.
+Write: LoRA-only and full checkpoints in the original's layout, and a merged export in the hub's layout.
+Anything that does not fit the model exactly is an InputError that names it; nothing is left at random.
+"""
+
+import dataclasses
+import json
+import os
+import pickle
+import re
+import sys
+import zipfile
+
+import torch
+
+from .errors import InputError
+from .files import atomic_output
+from .lora import LoRAQKV, SLICE_NAMES, lora_layers, mark_only_lora_trainable, parse_slices
+from .model import CARDS, GPT2Config, GPT2LMModel
+
+ORIGINAL_PREFIX = "module.transformer."  # what the original's DDP-wrapped model writes
+# Buffers (the causal mask) that hub and original files may hold; they carry nothing.
+CONSTANT_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+TIED_HEAD_KEYS = ("lm_head.weight", "lm_head.decoder.weight")
+LEGACY_SUFFIXES = {".g": ".weight", ".b": ".bias", ".w": ".weight"}  # very old GPT-2 conversions
+SHOWN = 6  # how many offending keys an error lists
+
+
+# ---------------------------------------------------------------- building
+
+def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv"):
+    """A GPT-2 of `card` (a name in model.CARDS, or a GPT2Config) with LoRA of rank `lora_dim` on the
+    `lora_slices` of c_attn; only the LoRA tensors are trainable when lora_dim > 0 (everything when 0).
+    The lora_* arguments always set the config's LoRA fields, also when a GPT2Config is given."""
+    if lora_dim < 0:
+        raise InputError(f"lora_dim must be 0 (full fine-tuning) or a positive rank, got {lora_dim}")
+    if not 0.0 <= lora_dropout < 1.0:
+        raise InputError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+    if isinstance(lora_slices, str):
+        try:
+            lora_slices = parse_slices(lora_slices)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    lora = dict(lora_attn_dim=lora_dim, lora_attn_alpha=lora_alpha, lora_dropout=lora_dropout,
+                lora_slices=tuple(lora_slices))
+    if isinstance(card, GPT2Config):
+        config = dataclasses.replace(card, **lora)
+    else:
+        try:
+            config = GPT2Config.from_card(card, **lora)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    model = GPT2LMModel(config)
+    mark_only_lora_trainable(model)
+    return model
+
+
+def describe_trainable(model):
+    """'trainable parameters: 393,216 (LoRA r=4 on q,v)' or '... (full fine-tuning)'."""
+    model = unwrap(model)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = model.config
+    if config.lora_attn_dim > 0:
+        slices = ",".join(name for name, on in zip(SLICE_NAMES, config.lora_slices) if on)
+        how = f"LoRA r={config.lora_attn_dim} on {slices}"
+    else:
+        how = "full fine-tuning"
+    return f"trainable parameters: {count:,} ({how})"
+
+
+def unwrap(model):
+    """The GPT2LMModel inside DistributedDataParallel / torch.compile wrappers."""
+    while not isinstance(model, GPT2LMModel):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a GPT2LMModel, got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def card_name(n_embd, n_layer):
+    for name, shape in CARDS.items():
+        if shape["n_embd"] == n_embd and shape["n_layer"] == n_layer:
+            return name
+    return None
+
+
+def describe_shape(n_embd, n_layer):
+    name = card_name(n_embd, n_layer)
+    shape = f"n_embd={n_embd}, n_layer={n_layer}"
+    return f"{name} ({shape})" if name else shape
+
+
+# ---------------------------------------------------------------- reading files
+
+def read_state_dict(path):
+    """Any supported file -> {key: tensor} with keys relative to the transformer (`h.0.attn.c_attn.weight`),
+    plus the tied head under 'lm_head.weight' when the file has one."""
+    raw = read_tensors(path)
+    if isinstance(raw, dict):
+        for wrapper in ("model_state_dict", "state_dict"):
+            if isinstance(raw.get(wrapper), dict):
+                raw = raw[wrapper]
+                break
+    if not isinstance(raw, dict) or not raw:
+        raise InputError("expected a state dict (a mapping of names to tensors), or {'model_state_dict': ...}",
+                         path)
+    state = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise InputError(f"entry {key!r} is a {type(value).__name__}, not a tensor: not a model state dict",
+                             path)
+        name = normalize_key(key)
+        if name in state:
+            raise InputError(f"two entries map to the same weight {name!r} (one of them is {key!r})", path)
+        state[name] = value
+    return state
+
+
+def normalize_key(key):
+    for prefix in ("module.", "transformer."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    if key in TIED_HEAD_KEYS:
+        return "lm_head.weight"
+    for old, new in LEGACY_SUFFIXES.items():
+        if key.endswith(old):
+            return key[:-len(old)] + new
+    return key
+
+
+def read_tensors(path):
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError("checkpoint not found", path)
+    if os.path.isdir(path):
+        raise InputError("expected a checkpoint file, found a directory (pass the .bin/.pt/.safetensors file)",
+                         path)
+    if is_safetensors(path):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # safetensors raises its own error types
+            raise InputError(f"cannot read this safetensors file: {err}", path) from None
+    return torch_load(path)
+
+
+def is_safetensors(path):
+    """A safetensors file starts with an 8-byte header length and then its JSON header."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def torch_load(path):
+    mmap = zipfile.is_zipfile(path)  # the zip format maps lazily: gpt2.lg need not be read twice
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
+            raise InputError(f"not a PyTorch checkpoint or safetensors file ({first_line(err)})", path) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise InputError(f"not a PyTorch checkpoint or safetensors file, or truncated ({first_line(err)})",
+                         path) from None
+    print(f"note: {path} is an old-style pickle that torch.load(weights_only=True) refuses; loading it with "
+          "full unpickling (only do this with files you trust)", file=sys.stderr)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise InputError(f"cannot load this checkpoint ({first_line(err)})", path) from None
+
+
+def first_line(err):
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+# ---------------------------------------------------------------- loading into the model
+
+def load_weights(model, init_checkpoint=None, lora_checkpoint=None):
+    """Load base weights (and any LoRA tensors they carry) from `init_checkpoint`, then LoRA tensors from
+    `lora_checkpoint`. Every weight of the model that a file is expected to provide must be in it, with its
+    shape; anything else raises InputError. With neither file the model keeps its current weights."""
+    model = unwrap(model)
+    for layer in lora_layers(model):
+        layer.unmerge()  # weights are loaded unmerged; a merged model would mix old and new
+    if init_checkpoint is not None:
+        load_init(model, init_checkpoint)
+    if lora_checkpoint is not None:
+        load_lora_file(model, lora_checkpoint)
+
+
+def model_tensors(model):
+    """The model's parameters by transformer-relative name: (base, lora)."""
+    prefix = "transformer."
+    named = {name[len(prefix):]: p for name, p in model.named_parameters()}
+    base = {k: p for k, p in named.items() if not is_lora_key(k)}
+    lora = {k: p for k, p in named.items() if is_lora_key(k)}
+    return base, lora
+
+
+def is_lora_key(key):
+    return key.endswith((".lora_A", ".lora_B"))
+
+
+def split_state(state, path, model):
+    """-> (base, lora, tied head or None); constant buffers are dropped."""
+    head = state.pop("lm_head.weight", None)
+    state = {k: v for k, v in state.items() if not CONSTANT_BUFFER.match(k)}
+    base = {k: v for k, v in state.items() if not is_lora_key(k)}
+    lora = {k: v for k, v in state.items() if is_lora_key(k)}
+    check_card(model, base, lora, path)
+    return base, lora, head
+
+
+def check_card(model, base, lora, path):
+    """A checkpoint of another model size is named as such, before any per-key complaint."""
+    config = model.config
+    layers = {int(m.group(1)) for k in [*base, *lora] if (m := re.match(r"h\.(\d+)\.", k))}
+    if "wte.weight" in base and base["wte.weight"].dim() == 2:
+        n_embd = base["wte.weight"].shape[1]
+    else:
+        widths = [v.shape[1] for k, v in lora.items() if k.endswith("lora_A") and v.dim() == 2]
+        if not widths:
+            return  # nothing to tell the size by; the per-key checks speak
+        n_embd = widths[0]
+    n_layer = max(layers) + 1 if layers else 0
+    if (n_embd, n_layer) != (config.n_embd, config.n_layer):
+        raise InputError(f"this checkpoint is {describe_shape(n_embd, n_layer)} but the model is "
+                         f"{describe_shape(config.n_embd, config.n_layer)}: pick the matching --model_card",
+                         path)
+
+
+def load_init(model, path):
+    base, lora, head = split_state(read_state_dict(path), path, model)
+    want_base, want_lora = model_tensors(model)
+    if not base and lora:
+        raise InputError("this file holds only LoRA tensors; pass the base GPT-2 weights as the init "
+                         "checkpoint and this file as the LoRA checkpoint (--lora_checkpoint)", path)
+    check_keys(base, want_base, path, "weights")
+    if lora:
+        check_lora(model, lora, want_lora, path)
+    check_shapes(base, want_base, path)
+    if head is not None:
+        check_tied(head, base["wte.weight"], path)
+    copy_into(want_base, base)
+    copy_into(want_lora, lora)
+
+
+def load_lora_file(model, path):
+    base, lora, _ = split_state(read_state_dict(path), path, model)
+    want_base, want_lora = model_tensors(model)
+    if not lora:
+        raise InputError("no LoRA tensors (…attn.c_attn.lora_A / lora_B) in this LoRA checkpoint", path)
+    check_lora(model, lora, want_lora, path)
+    if base:  # a full checkpoint of a LoRA run: its frozen weights must be the ones already loaded
+        check_keys(base, want_base, path, "weights")
+        check_shapes(base, want_base, path)
+        differ = [k for k, v in base.items() if not torch.equal(v.to(want_base[k].dtype), want_base[k].detach())]
+        if differ:
+            raise InputError(f"its base weights differ from the model's ({listing(differ)}): a fully fine-tuned "
+                             "checkpoint? pass it as the init checkpoint instead", path)
+    copy_into(want_lora, lora)
+
+
+def check_lora(model, lora, want_lora, path):
+    if not want_lora:
+        raise InputError(f"holds LoRA tensors ({listing(sorted(lora))}) but the model has no LoRA "
+                         "(lora_dim 0): pass the rank they were trained with (--lora_dim)", path)
+    config = model.config
+    sample = next(m for m in model.modules() if isinstance(m, LoRAQKV))
+    for key, value in lora.items():
+        if key.endswith("lora_B") and value.dim() == 2 and value.shape[1] != config.lora_attn_dim:
+            raise InputError(f"LoRA rank {value.shape[1]} in the file ({key} {list(value.shape)}) but the "
+                             f"model has lora_dim {config.lora_attn_dim}", path)
+        if key.endswith("lora_A") and value.dim() == 2 and value.shape[0] % config.lora_attn_dim == 0:
+            slices = value.shape[0] // config.lora_attn_dim
+            if slices != len(sample.enabled):
+                on = "".join(n for n, flag in zip(SLICE_NAMES, config.lora_slices) if flag)
+                raise InputError(f"LoRA on {slices} slice(s) of c_attn in the file ({key} {list(value.shape)}) "
+                                 f"but the model adapts {len(sample.enabled)} ({on})", path)
+    check_keys(lora, want_lora, path, "LoRA tensors")
+    check_shapes(lora, want_lora, path)
+
+
+def check_keys(found, wanted, path, what):
+    missing = sorted(set(wanted) - set(found), key=natural)
+    unexpected = sorted(set(found) - set(wanted), key=natural)
+    problems = []
+    if missing:
+        problems.append(f"missing {what}: {listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {what}: {listing(unexpected)}")
+    if problems:
+        raise InputError("; ".join(problems), path)
+
+
+def check_shapes(found, wanted, path):
+    wrong = [f"{k} {list(found[k].shape)} (model: {list(wanted[k].shape)})"
+             for k in sorted(found, key=natural) if found[k].shape != wanted[k].shape]
+    if wrong:
+        raise InputError(f"wrong shapes: {listing(wrong)}", path)
+
+
+def check_tied(head, wte, path):
+    if head.shape != wte.shape or not torch.equal(head.to(wte.dtype), wte):
+        raise InputError("lm_head.weight differs from wte.weight, but GPT-2 ties them; this is not a GPT-2 "
+                         "checkpoint of this kind", path)
+
+
+def copy_into(params, state):
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value)
+
+
+def listing(keys):
+    keys = list(keys)
+    shown = ", ".join(keys[:SHOWN])
+    return shown + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+
+
+def natural(key):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+# ---------------------------------------------------------------- writing
+
+def gather(model, merged, keep=lambda name: True):
+    """Transformer-relative name -> fp32 CPU copy of each parameter that `keep` accepts, with c_attn's
+    weight as if the LoRA update were merged (`merged`) or kept apart (not), whatever the model's state."""
+    model = unwrap(model)
+    out = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if keep(name[len("transformer."):]):
+                out[name[len("transformer."):]] = param.detach().float().cpu().clone()
+        for module_name, layer in model.named_modules():
+            key = module_name[len("transformer."):] + ".weight"
+            if isinstance(layer, LoRAQKV) and layer.r > 0 and layer.merged != merged and key in out:
+                delta = layer.delta_weight().float().cpu()
+                out[key] = out[key] + delta if merged else out[key] - delta
+    return out
+
+
+def save_lora(model, path):
+    """The LoRA tensors only, as the original writes them: {'model_state_dict': {'module.transformer.h.{i}
+    .attn.c_attn.lora_A': ...}} in fp32 (about 1.5 MB for gpt2.md at r=4)."""
+    state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False, keep=is_lora_key).items()}
+    if not state:
+        raise ValueError("the model has no LoRA tensors (lora_dim 0); save it with save_full")
+    write_torch({"model_state_dict": state}, path)
+
+
+def save_full(model, path):
+    """The whole model (LoRA unmerged) in the original's layout: {'model_state_dict': {'module.transformer.*'}}."""
+    state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False).items()}
+    write_torch({"model_state_dict": state}, path)
+
+
+def write_torch(obj, path):
+    with atomic_output(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def export_merged(model, path):
+    """LoRA merged into the weights, saved as safetensors with the hub's key names (`wte.weight`,
+    `h.0.attn.c_attn.weight`, ...; head tied, so absent). transformers' GPT2LMHeadModel loads it. When
+    `path` is a directory, it receives model.safetensors and a matching config.json (from_pretrained-ready)."""
+    from safetensors.torch import save as safetensors_bytes
+    model = unwrap(model)
+    directory = os.fspath(path).endswith(os.sep) or os.path.isdir(path)
+    file_path = os.path.join(path, "model.safetensors") if directory else path
+    payload = safetensors_bytes(gather(model, merged=True, keep=lambda k: not is_lora_key(k)),
+                                metadata={"format": "pt"})
+    with atomic_output(file_path, "wb") as handle:
+        handle.write(payload)
+    if directory:
+        with atomic_output(os.path.join(path, "config.json")) as handle:
+            json.dump(hub_config(model.config), handle, indent=2)
+            handle.write("\n")
+    return file_path
+
+
+def hub_config(config):
+    """A transformers GPT2Config (as JSON) describing our model: no dropout anywhere, tied head."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "tie_word_embeddings": True,
+    }

@@ -1,0 +1,118 @@
+"""Training and validation examples from an encoded jsonl, batched as the original's FT_Dataset (SPEC 5).
+
+One example is context + completion token ids. The model reads tokens[:-1] and predicts tokens[1:]; the loss
+mask is 1 from the last context token through the token before the final one, so exactly the completion is
+predicted. Examples longer than --seq_len are cut to it, as the original does (the loss then covers only the
+completion tokens that fit).
+
+The original pads each example to --seq_len; here each batch is padded to its longest example only. Right
+padding under causal attention leaves the real positions' numbers unchanged and padded positions carry
+mask 0, so the loss is the same.
+
+Like the original, the dataset's length is rounded up to whole batches and the extra indices draw random
+examples from a random.Random(911) of their own; order comes from DistributedSampler(seed=--random_seed),
+re-seeded per epoch with set_epoch(epoch).
+"""
+
+import math
+import random
+
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from .errors import InputError
+from .files import read_jsonl
+
+FILL_SEED = 911  # the original FT_Dataset's generator for the indices past the last example
+
+
+def _token_list(value, key, vocab_size, path, line):
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise InputError(f"{key!r} should be a list of token ids (an encoded jsonl, see gpt2_encode.py)",
+                         path, line)
+    if not value:
+        raise InputError(f"{key!r} is empty; every example needs context and completion tokens", path, line)
+    bad = next((t for t in value if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InputError(f"token id {bad} in {key!r} is outside the vocabulary (0..{vocab_size - 1})", path, line)
+    return value
+
+
+def read_examples(path, seq_len, vocab_size=50257):
+    """[(context_ids, completion_ids)] of an encoded jsonl. Refuses a context that leaves no completion token
+    inside seq_len (with its line number); returns the examples and how many get cut to seq_len."""
+    examples, truncated = [], 0
+    for line, record in read_jsonl(path, required=("context", "completion")):
+        context = _token_list(record["context"], "context", vocab_size, path, line)
+        completion = _token_list(record["completion"], "completion", vocab_size, path, line)
+        if len(context) >= seq_len:
+            raise InputError(f"the context has {len(context)} tokens, leaving no completion token within "
+                             f"--seq_len {seq_len}; raise --seq_len or shorten the context", path, line)
+        if len(context) + len(completion) > seq_len:
+            truncated += 1
+        examples.append((context, completion))
+    if not examples:
+        raise InputError("no examples; expected one {\"context\": [ids], \"completion\": [ids]} a line", path)
+    return examples, truncated
+
+
+class FTDataset:
+    """Index -> (token ids cut to seq_len + 1, context length). Length rounded up to whole batches."""
+
+    def __init__(self, examples, batch_size, seq_len):
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.num_batches = math.ceil(len(examples) / batch_size)
+        self.fill_rng = random.Random(FILL_SEED)
+
+    def __len__(self):
+        return self.num_batches * self.batch_size
+
+    def __getitem__(self, index):
+        if index >= len(self.examples):
+            index = self.fill_rng.randint(0, len(self.examples) - 1)
+        context, completion = self.examples[index]
+        # One token past seq_len is kept: it is the target of the last input position of a cut example.
+        return (context + completion)[:self.seq_len + 1], len(context)
+
+
+def collate(items, seq_len, pad_to=None):
+    """Input, target, mask [B, T] with T the longest input of the batch (or pad_to), plus the flat indices of
+    the loss positions. Padding is 0 in all three, as the original's."""
+    input_lengths = [min(len(tokens), seq_len) for tokens, _ in items]
+    width = pad_to or max(input_lengths)
+    batch = len(items)
+    inputs = torch.zeros(batch, width, dtype=torch.long)
+    targets = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.float)
+    for row, ((tokens, context_len), length) in enumerate(zip(items, input_lengths)):
+        inputs[row, :length] = torch.tensor(tokens[:length])
+        shifted = tokens[1:length + 1]
+        targets[row, :len(shifted)] = torch.tensor(shifted)
+        mask[row, context_len - 1:length - 1] = 1.0
+    positions = mask.reshape(-1).nonzero().squeeze(1)
+    return {"input": inputs, "target": targets, "mask": mask, "positions": positions}
+
+
+def make_sampler(dataset, ctx, seed):
+    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+
+
+def batch_indices(sampler, batch_size, epoch=None, drop_last=True):
+    """This rank's batches of dataset indices for one epoch (set_epoch first when epoch is given)."""
+    if epoch is not None:
+        sampler.set_epoch(epoch)
+    indices = list(sampler)
+    stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
+    return [indices[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def iterate_batches(dataset, batches, start=0, device=None):
+    """(batch number from 0, batch on device) from batch `start` on. Skipped batches fetch nothing, so the
+    dataset's fill generator advances exactly as in an uninterrupted run."""
+    for number in range(start, len(batches)):
+        batch = collate([dataset[i] for i in batches[number]], dataset.seq_len)
+        if device is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        yield number, batch

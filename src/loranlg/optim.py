@@ -1,0 +1,126 @@
+"""The original's optimizer and learning-rate schedules (SPEC 5).
+
+Adam with decoupled weight decay, per step and parameter:
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+    step = lr, times sqrt(1 - b2^t) / (1 - b1^t) with correct_bias
+    p -= step * m / (sqrt(v) + eps);  then p -= lr * wd * p
+The schedules step once per micro-batch; the rate of update t is base_lr * factor(number of scheduler
+steps so far), so with warmup the first update runs at lr 0.
+"""
+
+import math
+from collections import defaultdict
+
+import torch
+
+SCHEDULES = ("linear", "cosine", "constant")
+# The original also accepts these and then keeps the rate fixed at --lr (no scheduler at all).
+FIXED_RATE_SCHEDULES = ("inv_sqrt", "dev_perf")
+
+
+class AdamW(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, correct_bias=True):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"invalid Adam settings: lr={lr}, betas={betas}, eps={eps}")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            by_step = defaultdict(list)  # parameters at the same step share one set of foreach kernels
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                by_step[state["step"]].append(p)
+            for step, params in by_step.items():
+                self._update(group, step, params)
+
+    def _update(self, group, step, params):
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_mul_(exp_avg, beta1)
+        torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_add_(denom, group["eps"])
+        step_size = lr
+        if group["correct_bias"]:
+            step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
+        if weight_decay > 0.0:
+            torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+
+
+def parameter_groups(model, no_decay_bias=False):
+    """The trainable parameters; with no_decay_bias, biases (names with 'bias') get no weight decay."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not no_decay_bias:
+        return [{"params": [p for _, p in named]}]
+    no_decay = ("bias", "layer_norm.weight")  # the original's list
+    decay = [p for n, p in named if not any(nd in n for nd in no_decay)]
+    exempt = [p for n, p in named if any(nd in n for nd in no_decay)]
+    return [{"params": decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def lr_factor(kind, t, warmup, max_step):
+    """The multiplier of --lr after t scheduler steps."""
+    if kind in FIXED_RATE_SCHEDULES:
+        return 1.0
+    if kind == "cosine":
+        # The original's cosine scheduler starts at its min_lr (0) even without warmup, then follows
+        # t / warmup and 0.5 * (1 + cos(pi * t / T)) (over the whole run, not the post-warmup part).
+        if t == 0:
+            return 0.0
+        if t < warmup:
+            return t / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, max_step) / max_step))
+    if t < warmup:
+        return t / max(1, warmup)
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return max(0.0, (max_step - t) / max(1, max_step - warmup))
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
+class Schedule:
+    """Sets every group's lr to base_lr * lr_factor(t); step() once per micro-batch."""
+
+    def __init__(self, optimizer, kind, warmup, max_step):
+        self.optimizer, self.kind, self.warmup, self.max_step = optimizer, kind, warmup, max_step
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.t = 0
+        self._apply()
+
+    def _apply(self):
+        factor = lr_factor(self.kind, self.t, self.warmup, self.max_step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def step(self):
+        self.t += 1
+        self._apply()
+
+    def state_dict(self):
+        return {"t": self.t, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state):
+        self.t = state["t"]
+        self.base_lrs = list(state["base_lrs"])
+        self._apply()
+
+
+def create_optimizer(model, args):
+    return AdamW(parameter_groups(model, args.no_decay_bias), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+                 eps=args.adam_epislon, weight_decay=args.weight_decay, correct_bias=args.correct_bias)

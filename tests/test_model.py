@@ -1,0 +1,170 @@
+"""Our GPT-2 against transformers' GPT2LMHeadModel holding the same weights: full passes, padded batches,
+prefill + decode with the key/value cache, and beam reordering of the cache."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from hf_oracle import hub_logits, hub_twin, randomize
+
+from loranlg.model import CARDS, GPT2Config, GPT2LMModel
+
+TOLERANCE = 1e-4
+
+
+def make_pair(seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = randomize(GPT2LMModel(tiny_config(**overrides)).eval(), seed)
+    return model, hub_twin(model)
+
+
+def right_padded(sequences, pad=0):
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.as_tensor(seq)
+    return ids, torch.tensor([len(s) for s in sequences])
+
+
+def random_sequences(lengths, vocab, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def assert_close(ours, reference):
+    difference = (ours - reference).abs().max().item()
+    assert difference < TOLERANCE, f"max abs difference {difference:.3g}"
+
+
+def test_cards_match_the_spec_table():
+    assert {name: (c["n_embd"], c["n_layer"], c["n_head"]) for name, c in CARDS.items()
+            if name in ("gpt2.sm", "gpt2.md", "gpt2.lg")} == {
+        "gpt2.sm": (768, 12, 12), "gpt2.md": (1024, 24, 16), "gpt2.lg": (1280, 36, 20)}
+    config = GPT2Config.from_card("gpt2.md")
+    assert (config.vocab_size, config.n_positions, config.layer_norm_epsilon) == (50257, 1024, 1e-5)
+    with pytest.raises(ValueError, match="gpt2.xl"):
+        GPT2Config.from_card("gpt2.xl")
+
+
+def test_parameter_counts_match_the_published_sizes():
+    with torch.device("meta"):
+        sizes = {card: sum(p.numel() for p in GPT2LMModel(GPT2Config.from_card(card)).parameters())
+                 for card in ("gpt2.sm", "gpt2.md", "gpt2.lg")}
+    # The hub's sizes (tied head counted once): 124,439,808 / 354,823,168 / 774,030,080.
+    assert sizes == {"gpt2.sm": 124_439_808, "gpt2.md": 354_823_168, "gpt2.lg": 774_030_080}
+
+
+def test_full_pass_equals_transformers_for_each_sequence_of_a_padded_batch():
+    model, twin = make_pair()
+    sequences = random_sequences([7, 12, 3, 12], model.config.vocab_size, seed=1)
+    ids, lengths = right_padded(sequences, pad=5)
+    with torch.no_grad():
+        logits = model(ids)
+    for row, seq in enumerate(sequences):
+        assert_close(logits[row, :len(seq)], hub_logits(twin, seq))
+
+
+def test_padding_content_does_not_change_real_positions():
+    model, _ = make_pair(seed=3)
+    sequences = random_sequences([4, 9], model.config.vocab_size, seed=2)
+    with torch.no_grad():
+        a = model(right_padded(sequences, pad=0)[0])
+        b = model(right_padded(sequences, pad=42)[0])
+        alone = model(torch.tensor([sequences[0]]))
+    assert torch.equal(a[0, :4], b[0, :4])
+    assert_close(a[0, :4], alone[0])
+
+
+def test_full_vocabulary_card_equals_transformers():
+    torch.manual_seed(0)
+    model = randomize(GPT2LMModel(GPT2Config.from_card("gpt2.tiny", n_positions=64)).eval(), scale=0.1)
+    twin = hub_twin(model)
+    sequence = [50256, 628, 464, 3290, 318, 257, 50255, 11]
+    with torch.no_grad():
+        logits = model(torch.tensor([sequence]))[0]
+    assert logits.shape == (len(sequence), 50257)
+    assert_close(logits, hub_logits(twin, sequence))
+
+
+def test_prefill_and_decode_equal_transformers_on_the_whole_sequence():
+    model, twin = make_pair(seed=4)
+    vocab = model.config.vocab_size
+    contexts = random_sequences([5, 11, 2], vocab, seed=5)
+    steps = random_sequences([4, 4, 4], vocab, seed=6)
+    ids, lengths = right_padded(contexts, pad=7)
+    cache = model.new_cache(batch=3, max_len=20)
+    with torch.no_grad():
+        logits = model.prefill(ids, lengths, cache)
+        for row, context in enumerate(contexts):
+            assert_close(logits[row], hub_logits(twin, context)[-1])
+        for step in range(4):
+            tokens = torch.tensor([s[step] for s in steps])
+            logits = model.decode_step(tokens, cache)
+            for row, context in enumerate(contexts):
+                assert_close(logits[row], hub_logits(twin, context + steps[row][:step + 1])[-1])
+    assert cache.lengths.tolist() == [9, 15, 6]
+
+
+def test_reorder_follows_beams_and_each_row_stays_independent():
+    model, twin = make_pair(seed=7)
+    vocab = model.config.vocab_size
+    contexts = random_sequences([6, 3], vocab, seed=8)
+    ids, lengths = right_padded(contexts)
+    cache = model.new_cache(batch=2, max_len=16)
+    history = [list(c) for c in contexts]
+    with torch.no_grad():
+        model.prefill(ids, lengths, cache)
+        # Expand two contexts into three beams each, as beam search starts.
+        expand = torch.tensor([0, 0, 0, 1, 1, 1])
+        cache.reorder(expand)
+        history = [list(history[i]) for i in expand.tolist()]
+        generator = torch.Generator().manual_seed(9)
+        for _ in range(3):
+            tokens = torch.randint(0, vocab, (6,), generator=generator)
+            logits = model.decode_step(tokens, cache)
+            for row in range(6):
+                history[row].append(int(tokens[row]))
+                assert_close(logits[row], hub_logits(twin, history[row])[-1])
+            # Beams swap and duplicate, as the search keeps its best hypotheses.
+            keep = torch.tensor([2, 0, 0, 5, 3, 4])
+            cache.reorder(keep)
+            history = [list(history[i]) for i in keep.tolist()]
+        assert cache.lengths.tolist() == [len(h) for h in history]
+
+
+def test_prefill_of_a_padded_batch_equals_each_context_alone():
+    model, _ = make_pair(seed=10)
+    contexts = random_sequences([8, 1, 5], model.config.vocab_size, seed=11)
+    ids, lengths = right_padded(contexts, pad=3)
+    with torch.no_grad():
+        batch_cache = model.new_cache(3, 12)
+        batched = model.prefill(ids, lengths, batch_cache)
+        step = model.decode_step(torch.tensor([1, 2, 3]), batch_cache)
+        for row, context in enumerate(contexts):
+            cache = model.new_cache(1, 12)
+            alone = model.prefill(torch.tensor([context]), torch.tensor([len(context)]), cache)
+            assert_close(batched[row], alone[0])
+            assert_close(step[row], model.decode_step(torch.tensor([row + 1]), cache)[0])
+
+
+def test_decode_under_a_lower_precision_cache():
+    """Generation under autocast or a bf16 cache must not trip on dtypes; results stay near fp32's."""
+    model, _ = make_pair(seed=12)
+    contexts = random_sequences([4, 6], model.config.vocab_size, seed=13)
+    ids, lengths = right_padded(contexts)
+    with torch.no_grad():
+        exact_cache = model.new_cache(2, 10)
+        model.prefill(ids, lengths, exact_cache)
+        exact = model.decode_step(torch.tensor([1, 2]), exact_cache)
+        low_cache = model.new_cache(2, 10, dtype=torch.bfloat16)
+        model.prefill(ids, lengths, low_cache)
+        low = model.decode_step(torch.tensor([1, 2]), low_cache)
+    assert low.dtype == torch.float32
+    assert (low - exact).abs().max() < 0.1 * exact.abs().max()
+
+
+def test_no_dropout_outside_lora():
+    model, _ = make_pair(seed=14, lora_attn_dim=4, lora_dropout=0.0)
+    model.train()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(model(ids), model(ids))
