@@ -6,9 +6,8 @@
 #        released LoRA file (gpt2_md_lora_e2e.pt), loaded over the base weights.
 # Writes WORK_DIR/predict.{step}.b10p08r4.jsonl ({"id", "predict"} a line) and WORK_DIR/beam.log.
 # BEAM_BATCH_SIZE contexts per batch (default 8; the results do not depend on it).
-# Skipped when the prediction file exists, unless --force. Common settings: see scripts/common.sh.
+# Skipped when the prediction file exists, unless --force. Settings shared by all stages: below.
 STAGE=beam
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 source "$(dirname "$0")/common.sh"
 parse_common_args "$@"
 
@@ -17,7 +16,7 @@ BEAM_BATCH_SIZE=${BEAM_BATCH_SIZE:-8}
 CKPT=$(final_checkpoint)
 OUTPUT=$(predict_file "$CKPT")
 
-if already_done "$OUTPUT"; then exit 0; fi
+if already_done "$OUTPUT" --after "$CKPT" "$TEST_DATA"; then exit 0; fi
 need_file "$TEST_DATA" "bash scripts/create_datasets.sh"
 need_file "$CKPT" "bash scripts/train_e2e.sh"
 if [ "$LORA_DIM" -gt 0 ]; then

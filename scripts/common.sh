@@ -1,5 +1,5 @@
-# Shared by the E2E stage scripts (train_e2e.sh, beam_e2e.sh, decode_e2e.sh, eval_e2e.sh, run_e2e.sh).
-# Sourced, not run. Every setting is a variable with a matching flag; the flag wins:
+# Sourced (not run) by the E2E stage scripts train_e2e.sh, beam_e2e.sh, decode_e2e.sh, eval_e2e.sh, run_e2e.sh.
+# Settings shared by the stages. Every setting is a variable with a matching flag; the flag wins:
 #   MODEL        --model md|lg|sm         GPT-2 size (default md)
 #   NGPU         --ngpu N                 processes per node (default 1)
 #   WORK_DIR     --work_dir DIR           run directory (default trained_models/GPT2_M/e2e for md, ..._L for lg)
@@ -23,6 +23,13 @@ set -euo pipefail
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 EXTRA_ARGS=()
+
+# --help: the comment block at the top of the script, then the settings every stage shares (this file's).
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  echo
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+}
 
 die() {
   echo "error: $*" >&2
@@ -85,6 +92,7 @@ resolve_settings() {
   WORK_DIR=$(absolute "${WORK_DIR:-$DEFAULT_WORK}")
   DATA_DIR=$(absolute "${DATA_DIR:-data/e2e}")
   PRETRAINED_DIR=$(absolute "${PRETRAINED_DIR:-pretrained_checkpoints}")
+  VOCAB_GIVEN=${VOCAB_DIR:+1}
   VOCAB_DIR=$(absolute "${VOCAB_DIR:-$PRETRAINED_DIR}")
   if [ -z "${INIT_CHECKPOINT:-}" ]; then
     INIT_CHECKPOINT=$PRETRAINED_DIR/$SIZE_NAME-pytorch_model.bin
@@ -114,14 +122,26 @@ need_file() {
   [ -s "$1" ] || die "$STAGE: missing input $1 (make it with: $2)"
 }
 
-# already_done OUTPUT...: true (and a message) when every output exists and FORCE is not set.
+# already_done OUTPUT... [--after INPUT...]: true (and a message) when every output exists, none is older than
+# an input that exists, and FORCE is not set. A stage whose inputs were remade (a new training) runs again.
 already_done() {
   [ "$FORCE" = 1 ] && return 1
-  local path
-  for path in "$@"; do
-    [ -s "$path" ] || return 1
+  local outputs=() path output
+  while [ $# -gt 0 ] && [ "$1" != --after ]; do
+    outputs+=("$1")
+    shift
   done
-  log "skipped: $* exist (--force or FORCE=1 redoes it)"
+  [ $# -gt 0 ] && shift
+  for output in "${outputs[@]}"; do
+    [ -s "$output" ] || return 1
+    for path in "$@"; do
+      if [ -e "$path" ] && [ "$path" -nt "$output" ]; then
+        log "redoing: $path is newer than $output"
+        return 1
+      fi
+    done
+  done
+  log "skipped: ${outputs[*]} exist (--force or FORCE=1 redoes it)"
   return 0
 }
 

@@ -9,7 +9,8 @@
 #               DIR/dart/dart-v1.1.1-full-dev.json, ...) to copy missing raw files from; or per dataset
 #               E2E_SOURCE_DIR / WEBNLG_SOURCE_DIR / DART_SOURCE_DIR pointing at the dataset's own folder
 #   --vocab DIR GPT-2 vocabulary (encoder.json + vocab.bpe, or vocab.json + merges.txt); default
-#               $LORANLG_VOCAB or pretrained_checkpoints/ (fetched from the hub there when missing)
+#               $LORANLG_VOCAB or pretrained_checkpoints/; when missing, fetched there from the hub
+#               ($LORANLG_HUB_URL replaces https://huggingface.co)
 #   --data DIR  where datasets are built (default data/ of the repository)
 # Raw files are read from DATA/e2e/{train,valid,test}.txt, DATA/webnlg_challenge_2017/{train,dev,test}.json and
 # DATA/dart/dart-v1.1.1-full-{train,dev,test}.json. A missing one is copied from the source folder, else
@@ -29,7 +30,7 @@ SOURCE=${LORANLG_DATA_SOURCE:-}
 VOCAB=${LORANLG_VOCAB:-}
 DATA=$REPO/data
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 while (( $# )); do
   case $1 in
@@ -51,13 +52,11 @@ for dataset in ${DATASETS//,/ }; do
   [[ $dataset == e2e || $dataset == webnlg || $dataset == dart ]] || die "unknown dataset '$dataset' (expected e2e, webnlg, dart)"
 done
 
-if [[ -z $VOCAB ]]; then
-  VOCAB=$REPO/pretrained_checkpoints
-  if ! [[ -f $VOCAB/encoder.json && -f $VOCAB/vocab.bpe || -f $VOCAB/vocab.json && -f $VOCAB/merges.txt ]]; then
-    echo "fetching the GPT-2 vocabulary into $VOCAB ..." >&2
-    "$PY" -m loranlg.download vocab --dir "$VOCAB" \
-      || die "no GPT-2 vocabulary: run scripts/download_pretrained_checkpoints.sh, or give --vocab DIR"
-  fi
+VOCAB=${VOCAB:-$REPO/pretrained_checkpoints}
+if ! [[ -f $VOCAB/encoder.json && -f $VOCAB/vocab.bpe || -f $VOCAB/vocab.json && -f $VOCAB/merges.txt ]]; then
+  echo "no GPT-2 vocabulary in $VOCAB (encoder.json + vocab.bpe, or vocab.json + merges.txt): fetching it" >&2
+  "$PY" -m loranlg.download vocab --dir "$VOCAB" \
+    || die "$VOCAB: no GPT-2 vocabulary (expected encoder.json + vocab.bpe, or vocab.json + merges.txt); put it there, or give --vocab DIR"
 fi
 
 # raw file name of a split, per dataset

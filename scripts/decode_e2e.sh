@@ -4,9 +4,8 @@
 # Reads  WORK_DIR/predict.{step}.b10p08r4.jsonl (beam_e2e.sh), DATA_DIR/test_formatted.jsonl
 #        (scripts/create_datasets.sh; TEST_FORMATTED overrides) and the vocabulary (VOCAB_DIR).
 # Writes WORK_DIR/e2e_ref.txt (references, a blank line after each MR) and WORK_DIR/e2e_pred.txt (one line per MR).
-# Skipped when both exist, unless --force. Common settings: see scripts/common.sh.
+# Skipped when both exist, unless --force. Settings shared by all stages: below.
 STAGE=decode
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
 source "$(dirname "$0")/common.sh"
 parse_common_args "$@"
 
@@ -15,7 +14,7 @@ PREDICT=$(predict_file "$(final_checkpoint)")
 REF=$WORK_DIR/e2e_ref.txt
 PRED=$WORK_DIR/e2e_pred.txt
 
-if already_done "$REF" "$PRED"; then exit 0; fi
+if already_done "$REF" "$PRED" --after "$PREDICT" "$TEST_FORMATTED"; then exit 0; fi
 need_file "$PREDICT" "bash scripts/beam_e2e.sh"
 need_file "$TEST_FORMATTED" "bash scripts/create_datasets.sh"
 [ -s "$VOCAB_DIR/encoder.json" ] || [ -s "$VOCAB_DIR/vocab.json" ] \

@@ -7,7 +7,6 @@
 #        the paper's Table 3 rows for MODEL, marked against COMPARE_METHOD: LoRA, or FT when LORA_DIM=0) and
 #        WORK_DIR/losses.png. Needs Java (METEOR, PTB tokenizer). Skipped when the outputs exist, unless --force.
 STAGE=eval
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 source "$(dirname "$0")/common.sh"
 parse_common_args "$@"
 
@@ -19,7 +18,7 @@ METRICS=$WORK_DIR/metrics.jsonl
 PLOT=$WORK_DIR/losses.png
 if [ "$LORA_DIM" -gt 0 ]; then COMPARE_METHOD=${COMPARE_METHOD:-LoRA}; else COMPARE_METHOD=${COMPARE_METHOD:-FT}; fi
 
-if ! already_done "$SCORES"; then
+if ! already_done "$SCORES" --after "$REF" "$PRED"; then
   need_file "$REF" "bash scripts/decode_e2e.sh"
   need_file "$PRED" "bash scripts/decode_e2e.sh"
   command -v java >/dev/null 2>&1 || die "eval: no 'java' on PATH: METEOR and the PTB tokenizer need a Java" \
@@ -29,15 +28,18 @@ if ! already_done "$SCORES"; then
     die "eval: measure_scores.py failed (its message is above)"
   fi
   mv "$SCORES.tmp" "$SCORES"
-  rm -f "$RESULTS" "$PLOT"  # new scores: redo what depends on them
 fi
-"$PY" -c 'import json, sys
+if [ ! -s "$WORK_DIR/scores.txt" ] || [ "$SCORES" -nt "$WORK_DIR/scores.txt" ]; then
+  # The official block, from the JSON (one run of the Java metrics).
+  "$PY" -c 'import json, sys
 scores = json.load(open(sys.argv[1]))
 print("SCORES:\n==============")
 for name in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"):
-    print(f"{name}: {scores[name]:.4f}")' "$SCORES" | tee "$WORK_DIR/scores.txt"
+    print(f"{name}: {scores[name]:.4f}")' "$SCORES" > "$WORK_DIR/scores.txt"
+fi
+cat "$WORK_DIR/scores.txt"
 
-if ! already_done "$RESULTS"; then
+if ! already_done "$RESULTS" --after "$SCORES"; then
   case "$MODEL" in
     md|lg) run "$PY" "$REPO_DIR/scripts/compare_with_paper.py" --scores "$SCORES" --model "$MODEL" \
              --method "$COMPARE_METHOD" --output "$RESULTS" ${COMPARE_NOTE:+--note "$COMPARE_NOTE"} ;;
@@ -48,7 +50,7 @@ elif [ -s "$RESULTS" ]; then
 fi
 
 if [ -s "$METRICS" ]; then
-  if ! already_done "$PLOT"; then
+  if ! already_done "$PLOT" --after "$METRICS"; then
     run "$PY" "$REPO_DIR/scripts/plot_losses.py" --metrics "$METRICS" --output "$PLOT" \
       --title "E2E, $MODEL_CARD, $(basename "$WORK_DIR")"
   fi

@@ -5,9 +5,8 @@
 #        (scripts/download_pretrained_checkpoints.sh); TRAIN_DATA / VALID_DATA override the data files.
 # Writes WORK_DIR/model.{step}.pt (every 1000 steps and at the end), WORK_DIR/metrics.jsonl, WORK_DIR/train.log,
 #        and WORK_DIR/train.done naming the final checkpoint (what beam_e2e.sh reads).
-# Skipped when train.done exists, unless --force. Common settings: see scripts/common.sh.
+# Skipped when train.done exists, unless --force. Settings shared by all stages: below.
 STAGE=train
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 source "$(dirname "$0")/common.sh"
 parse_common_args "$@"
 

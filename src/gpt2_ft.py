@@ -55,6 +55,12 @@ def build_parser():
                      help="write work_dir/model.{step}.pt (and the resume file) every this many steps (500)")
     run.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
                      help="where checkpoints, metrics.jsonl and resume.pt go ($PT_OUTPUT_DIR or gpt2_model)")
+    run.add_argument("--no_cuda_graph", action="store_true",
+                     help="run every step eagerly; by default one process on a GPU with --grad_acc 1 replays "
+                          "each step as a CUDA graph (same numbers, a fraction of the time)")
+    run.add_argument("--compile", action="store_true",
+                     help="also torch.compile the transformer blocks (fuses small kernels; compiling takes a "
+                          "minute or so)")
     run.add_argument("--resume", action="store_true",
                      help="continue from work_dir/resume.pt (weights, optimizer, schedule, step, RNG, data "
                           "position); starts from the beginning when there is none yet")

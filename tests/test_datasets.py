@@ -156,8 +156,10 @@ def test_create_datasets_bad_arguments(tmp_path):
 
 def test_create_datasets_missing_vocabulary(shared_dir, tmp_path):
     proc = run_script("create_datasets.sh", "--splits", "valid", "--from", shared_dir / "data",
-                      "--vocab", tmp_path / "novocab", "--data", tmp_path / "data")
-    assert proc.returncode != 0 and "novocab" in proc.stderr and "encoder.json" in proc.stderr
+                      "--vocab", tmp_path / "novocab", "--data", tmp_path / "data",
+                      env={"LORANLG_HUB_URL": "http://127.0.0.1:9"})
+    assert proc.returncode != 0 and "novocab: no GPT-2 vocabulary" in proc.stderr and "encoder.json" in proc.stderr
+    assert "http://127.0.0.1:9/openai-community/gpt2/resolve/main/vocab.json" in proc.stderr
     assert not (tmp_path / "data" / "e2e" / "valid.jsonl").exists()
 
 
@@ -181,7 +183,7 @@ def test_a_failed_conversion_leaves_an_existing_output_untouched(tmp_path):
     proc = run_script("format_converting_e2e.py", raw, out)
     assert proc.returncode == 2 and f"{raw}:2:" in proc.stderr
     assert out.read_text() == "previous\n"
-    assert [p.name for p in tmp_path.iterdir()] == sorted(["raw.txt", "out.jsonl"]) or len(list(tmp_path.iterdir())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "raw.txt"]  # no temporary file left
 
 
 @pytest.mark.parametrize("content, line, expected", [

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -119,3 +120,37 @@ def test_help_explains_every_flag():
     assert result.returncode == 0
     for flag in ("-p", "-t", "-H", "--json", "ref_file", "sys_file"):
         assert flag in result.stdout
+
+
+def test_a_failing_java_is_reported_with_its_message(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    java = fake_bin / "java"
+    java.write_text("#!/bin/sh\necho 'Could not reserve enough space for object heap' >&2\nexit 1\n")
+    java.chmod(0o755)
+    write(tmp_path / "refs", "a b c\n\nd e f\n")
+    write(tmp_path / "preds", "a b c\nd e f\n")
+    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    result = run(tmp_path / "refs", tmp_path / "preds", env=env)
+    assert result.returncode == 2
+    assert "java exit status 1" in result.stderr and "Could not reserve enough space" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failing_meteor_is_reported_with_its_message(tmp_path):
+    real_java = shutil.which("java")
+    if real_java is None:
+        pytest.skip("needs java for the tokenizer")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    java = fake_bin / "java"  # runs the PTB tokenizer, fails METEOR
+    java.write_text(f'#!/bin/sh\ncase "$*" in *PTBTokenizer*) exec "{real_java}" "$@";; esac\n'
+                    "echo 'meteor broke' >&2\nexit 3\n")
+    java.chmod(0o755)
+    write(tmp_path / "refs", "a b c\n\nd e f\n")
+    write(tmp_path / "preds", "a b c\nd e f\n")
+    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    result = run(tmp_path / "refs", tmp_path / "preds", env=env)
+    assert result.returncode == 2
+    assert "METEOR failed (java exit status 3): meteor broke" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -24,6 +24,7 @@ import torch
 
 from .errors import InputError
 from .files import atomic_output, check_writable_dir, read_jsonl
+from .model import GPT2Config
 from .tokenizer import EOT_ID
 
 NEG_INF = float("-inf")
@@ -149,7 +150,7 @@ def beam_search(model, contexts, settings, early_stop=True, stats=None):
 
     results = [None] * len(contexts)
     active = list(range(len(contexts)))  # batch row -> position in `contexts`
-    steps = 1
+    context_steps = len(contexts)
     for step in range(1, eval_len):
         if early_stop:
             improvable = best.can_improve(beam_scores, step).tolist()
@@ -175,14 +176,14 @@ def beam_search(model, contexts, settings, early_stop=True, stats=None):
         tokens = flat % vocab
         history = torch.cat((history[cache_rows], tokens.reshape(-1, 1)), dim=1)
         beam_scores = best.add(beam_scores, history, torch.isin(tokens, eos))
-        steps += 1
+        context_steps += count
     if active:
         if history.shape[1] == eval_len:  # the final flush: every beam left is a hypothesis
             best.add(beam_scores, history, torch.ones_like(beam_scores, dtype=torch.bool))
         for row, position in enumerate(active):
             results[position] = best.ids[row].tolist()
     if stats is not None:
-        stats["steps"] = stats.get("steps", 0) + steps
+        stats["context_steps"] = stats.get("context_steps", 0) + context_steps
     return results
 
 
@@ -219,14 +220,14 @@ def distinct_batches(contexts, batch_size, rank=0, world_size=1):
 class Progress:
     """Contexts per second on stderr: a bar on a terminal, a line every 10 s otherwise."""
 
-    def __init__(self, total, enabled=True):
+    def __init__(self, total, enabled=True, label="beam"):
         self.total, self.done, self.start = total, 0, time.perf_counter()
-        self.enabled = enabled
+        self.enabled, self.label = enabled, label
         self.bar = None
         self.last_line = self.start
         if enabled and sys.stderr.isatty():
             from progress.bar import Bar
-            self.bar = Bar("beam", max=total, suffix="%(index)d/%(max)d contexts  %(rate).1f contexts/s")
+            self.bar = Bar(label, max=total, suffix="%(index)d/%(max)d contexts  %(rate).1f contexts/s")
             self.bar.rate = 0.0
 
     def rate(self):
@@ -241,7 +242,7 @@ class Progress:
             self.bar.next(count)
         elif time.perf_counter() - self.last_line >= 10 or self.done == self.total:
             self.last_line = time.perf_counter()
-            print(f"beam: {self.done}/{self.total} contexts, {self.rate():.1f} contexts/s", file=sys.stderr)
+            print(f"{self.label}: {self.done}/{self.total} contexts, {self.rate():.1f} contexts/s", file=sys.stderr)
 
     def finish(self):
         if self.bar is not None:
@@ -276,6 +277,8 @@ def settings_from_args(args):
 def check_args(args, config):
     if args.beam < 1 or args.batch_size < 1 or args.eval_len < 1:
         raise InputError("--beam, --batch_size and --eval_len must be at least 1")
+    if args.beam > config.vocab_size:
+        raise InputError(f"--beam {args.beam} is larger than the vocabulary ({config.vocab_size})")
     if args.seq_len - args.eval_len < 1:
         raise InputError(f"--seq_len ({args.seq_len}) must exceed --eval_len ({args.eval_len}): contexts get "
                          "seq_len - eval_len tokens")
@@ -307,18 +310,19 @@ def run_beam(args):
     ctx = setup_distributed(args)
     try:
         out_path = os.path.join(args.work_dir, args.output_file)
-        if ctx.is_main:
-            check_writable_dir(args.work_dir)
-        model = load_model(args, ctx.device)
-        check_args(args, model.config)
+        check_writable_dir(args.work_dir)  # on every rank: they must all fail alike, or the others would wait
+        config = GPT2Config.from_card(args.model_card)
+        check_args(args, config)
         settings = settings_from_args(args)
-        contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, model.config.vocab_size)
+        contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, config.vocab_size)
         if cut and ctx.is_main:
             print(f"note: {cut} context(s) longer than seq_len - eval_len = {args.seq_len - args.eval_len} "
                   "tokens keep only their last tokens, as in the original", file=sys.stderr)
+        model = load_model(args, ctx.device)
         batches = distinct_batches(contexts, args.batch_size, ctx.rank, ctx.world_size)
         mine = sum(map(len, batches))
-        progress = Progress(mine, enabled=ctx.is_main)
+        label = f"beam (rank 0 of {ctx.world_size})" if ctx.distributed else "beam"
+        progress = Progress(mine, enabled=ctx.is_main, label=label)
         start = time.perf_counter()
         results = decode_contexts(model, batches, settings, progress)
         progress.finish()

@@ -159,21 +159,23 @@ def is_safetensors(path):
 
 
 def torch_load(path):
-    mmap = zipfile.is_zipfile(path)  # the zip format maps lazily: gpt2.lg need not be read twice
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    is_zip = magic == b"PK"
+    if not (is_zip or magic[:1] == b"\x80"):  # torch.save writes a zip archive, or (before 1.6) a pickle
+        raise InputError("not a PyTorch checkpoint or safetensors file", path)
+    try:  # the zip format maps lazily: gpt2.lg is not read into memory twice
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
-            raise InputError(f"not a PyTorch checkpoint or safetensors file ({first_line(err)})", path) from None
+        refusal = first_line(err)
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise InputError(f"not a PyTorch checkpoint or safetensors file, or truncated ({first_line(err)})",
-                         path) from None
-    print(f"note: {path} is an old-style pickle that torch.load(weights_only=True) refuses; loading it with "
-          "full unpickling (only do this with files you trust)", file=sys.stderr)
+        raise InputError(f"not a PyTorch checkpoint, or truncated ({first_line(err)})", path) from None
+    print(f"note: {path} holds objects that torch.load(weights_only=True) refuses ({refusal}); loading it "
+          "with full unpickling (only do this with files you trust)", file=sys.stderr)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise InputError(f"cannot load this checkpoint ({first_line(err)})", path) from None
+        raise InputError(f"not a PyTorch checkpoint, or truncated ({first_line(err)})", path) from None
 
 
 def first_line(err):
@@ -273,17 +275,18 @@ def check_lora(model, lora, want_lora, path):
         raise InputError(f"holds LoRA tensors ({listing(sorted(lora))}) but the model has no LoRA "
                          "(lora_dim 0): pass the rank they were trained with (--lora_dim)", path)
     config = model.config
-    sample = next(m for m in model.modules() if isinstance(m, LoRAQKV))
-    for key, value in lora.items():
-        if key.endswith("lora_B") and value.dim() == 2 and value.shape[1] != config.lora_attn_dim:
+    rank = config.lora_attn_dim
+    slices = len(next(m for m in model.modules() if isinstance(m, LoRAQKV)).enabled)
+    matrices = {k: v for k, v in lora.items() if v.dim() == 2}
+    for key, value in matrices.items():  # the rank first: it also decides how A's rows split into slices
+        if key.endswith("lora_B") and value.shape[1] != rank:
             raise InputError(f"LoRA rank {value.shape[1]} in the file ({key} {list(value.shape)}) but the "
-                             f"model has lora_dim {config.lora_attn_dim}", path)
-        if key.endswith("lora_A") and value.dim() == 2 and value.shape[0] % config.lora_attn_dim == 0:
-            slices = value.shape[0] // config.lora_attn_dim
-            if slices != len(sample.enabled):
-                on = "".join(n for n, flag in zip(SLICE_NAMES, config.lora_slices) if flag)
-                raise InputError(f"LoRA on {slices} slice(s) of c_attn in the file ({key} {list(value.shape)}) "
-                                 f"but the model adapts {len(sample.enabled)} ({on})", path)
+                             f"model has lora_dim {rank}", path)
+    for key, value in matrices.items():
+        if key.endswith("lora_A") and value.shape[0] % rank == 0 and value.shape[0] // rank != slices:
+            on = "".join(n for n, flag in zip(SLICE_NAMES, config.lora_slices) if flag)
+            raise InputError(f"LoRA on {value.shape[0] // rank} slice(s) of c_attn in the file ({key} "
+                             f"{list(value.shape)}) but the model adapts {slices} ({on})", path)
     check_keys(lora, want_lora, path, "LoRA tensors")
     check_shapes(lora, want_lora, path)
 

@@ -41,7 +41,10 @@ def find_java():
 
 
 def _pycocoevalcap_file(module, name):
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        spec = None
     if spec is None or spec.origin is None:
         raise InputError(f"the Python package pycocoevalcap is missing ({module}); "
                          "`pip install pycocoevalcap` (scripts/setup.sh does it)")
@@ -117,7 +120,9 @@ class Meteor:
         try:
             scores = _meteor_exchange(self.process, score_lines)
         except (BrokenPipeError, ValueError):
-            self.close()
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
             self.stderr.seek(0)
             raise _java_failure("METEOR", self.process.returncode,
                                 self.stderr.read().decode("utf-8", "replace")) from None
@@ -129,6 +134,7 @@ class Meteor:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        self.stderr.close()
 
 
 def _meteor_exchange(process, score_lines):

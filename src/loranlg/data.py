@@ -113,6 +113,9 @@ def iterate_batches(dataset, batches, start=0, device=None):
     dataset's fill generator advances exactly as in an uninterrupted run."""
     for number in range(start, len(batches)):
         batch = collate([dataset[i] for i in batches[number]], dataset.seq_len)
-        if device is not None:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if device is not None and device.type == "cuda":
+            # pinned memory: the copy is queued without waiting for the GPU to finish the previous step
+            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        elif device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
         yield number, batch

@@ -228,10 +228,13 @@ def _transfer_once(url, dest, part, timeout, show_progress):
         done = offset if append else 0
         progress = Progress(os.path.basename(dest), total, done) if show_progress else None
         try:
-            _stream_into(response, part, append, progress)
+            received = _stream_into(response, part, append, progress)
         finally:
             if progress:
                 progress.close()
+        if length is not None and received < length:
+            # http.client returns a short body without raising when the server closes early.
+            raise _Cut(f"got {received} of {length} bytes")
         return total, headers
 
 
@@ -432,6 +435,14 @@ def main(argv=None):
     raw.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry (default 60)")
 
     args = parser.parse_args(argv)
+    try:
+        _run_command(parser, ckpt, args)
+    except OSError as err:  # a folder we cannot create or write into
+        raise InputError(f"cannot write: {err.strerror}", err.filename) from None
+    return 0
+
+
+def _run_command(parser, ckpt, args):
     if args.command == "checkpoints":
         unknown = [size for size in args.sizes if size not in (*GPT2_CARDS, "all")]
         if unknown:
@@ -442,7 +453,6 @@ def main(argv=None):
         download_checkpoints([], args.dir, timeout=args.timeout)
     else:
         fetch_raw(args.dest, args.url, args.source_dir, args.lines, args.sha256, args.timeout)
-    return 0
 
 
 if __name__ == "__main__":

@@ -62,14 +62,19 @@ def open_input(path):
 
 
 def read_lines(path):
-    """Yield (line_number, text) of a UTF-8 file; bytes that are not UTF-8 give a located error."""
-    with open_input(path) as handle:
-        number = 0
-        try:
-            for number, text in enumerate(handle, start=1):
-                yield number, text
-        except UnicodeDecodeError as err:
-            raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", path, number + 1) from None
+    """Yield (line_number, text) of a UTF-8 file; bytes that are not UTF-8 give an error naming their line.
+
+    Lines are decoded one by one (a text-mode file decodes in chunks and would blame an earlier line).
+    """
+    with open_input(path) as text_handle:
+        handle = text_handle.buffer
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start} of the line)", path,
+                                 number) from None
+            yield number, text.replace("\r\n", "\n")
 
 
 def read_jsonl(path, required=()):

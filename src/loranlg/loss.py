@@ -3,8 +3,9 @@
 Per position: (1 - s) * NLL + s * (-mean over the vocabulary of log p).
 Batch loss = sum(loss * mask) / (sum(mask) + 1e-4).
 
-Only the masked positions (the completion, about half the tokens) go through the LM head, in fp32: the
-numbers are those of the full [B, T, V] logits, without ever materialising them.
+Only the masked positions (the completion, about half the tokens) go through the LM head: the numbers are
+those of the full [B, T, V] logits, without ever materialising them. The head runs in fp32, or under bf16 /
+fp16 in that type as autocast would run it (the original's fp16 runs did too); the loss is always fp32.
 """
 
 import torch
@@ -27,13 +28,16 @@ def position_losses(logits, targets, label_smooth=0.0):
     return F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=label_smooth)
 
 
-def masked_lm_loss(hidden, head_weight, target, mask, positions=None, label_smooth=0.0):
-    """The batch loss from the final hidden states [B, T, d] and the (tied) head weight [V, d]."""
+def masked_lm_loss(hidden, head_weight, target, mask, positions=None, label_smooth=0.0, head_dtype=torch.float32):
+    """The batch loss from the final hidden states [B, T, d] and the (tied) head weight [V, d].
+
+    positions: flat indices of the positions to score; those with mask 0 add nothing (a CUDA graph passes all
+    positions, since the masked ones vary in number)."""
     if positions is None:
         positions = loss_positions(mask)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        logits = F.linear(picked.float(), head_weight.float())
+        logits = F.linear(picked.to(head_dtype), head_weight.to(head_dtype))
     losses = position_losses(logits, target.reshape(-1).index_select(0, positions), label_smooth)
     weights = mask.reshape(-1).index_select(0, positions).float()
     return (losses * weights).sum() / (mask.float().sum() + MASK_EPSILON)
@@ -46,10 +50,30 @@ class LMObjective(nn.Module):
         super().__init__()
         self.model = model
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self._frozen_head = None
+
+    def store_frozen_matrices(self):
+        """Under autocast, keep each frozen weight matrix in the autocast type instead of casting it at every
+        use (autocast caches casts only of trainable leaves). Every matrix product sees exactly the values
+        autocast would give it; embeddings, layer norms and the residual stream stay fp32. The tied head gets
+        its own low-precision copy while the embedding is frozen."""
+        if self.autocast_dtype is None:
+            return
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad and p.dim() == 2 and name.endswith(("c_attn.weight", "c_proj.weight",
+                                                                         "c_fc.weight")):
+                p.data = p.data.to(self.autocast_dtype)
+        wte = self.model.transformer.wte.weight
+        if not wte.requires_grad:
+            self._frozen_head = wte.detach().to(self.autocast_dtype)
+
+    def head_weight(self):
+        return self._frozen_head if self._frozen_head is not None else self.model.transformer.wte.weight
 
     def forward(self, input, target, mask, positions=None, label_smooth=0.0):
         device_type = input.device.type
         with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             hidden = self.model.hidden_states(input)
-        return masked_lm_loss(hidden, self.model.transformer.wte.weight, target, mask, positions, label_smooth)
+        return masked_lm_loss(hidden, self.head_weight(), target, mask, positions, label_smooth,
+                              self.autocast_dtype or torch.float32)

@@ -19,14 +19,52 @@ FIXED_RATE_SCHEDULES = ("inv_sqrt", "dev_perf")
 
 
 class AdamW(torch.optim.Optimizer):
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, correct_bias=True):
+    """capturable=True keeps the step count and the learning rate in device tensors, so that step() runs
+    inside a CUDA graph (graphed_step.py); the arithmetic is the same."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, correct_bias=True,
+                 capturable=False):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid Adam settings: lr={lr}, betas={betas}, eps={eps}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
         super().__init__(params, defaults)
+        self.capturable = capturable
+        if capturable:
+            self._init_device_state()
+
+    def _init_device_state(self):
+        for group in self.param_groups:
+            device = group["params"][0].device
+            group["lr_tensor"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+            for p in group["params"]:
+                state = self.state[p]
+                state.setdefault("step", torch.zeros((), dtype=torch.float32, device=device))
+                state.setdefault("exp_avg", torch.zeros_like(p))
+                state.setdefault("exp_avg_sq", torch.zeros_like(p))
+
+    def set_lr(self, group, lr):
+        group["lr"] = lr
+        if "lr_tensor" in group:
+            group["lr_tensor"].fill_(lr)
+
+    def state_tensors(self):
+        """Every tensor step() writes besides the parameters (what a graph warm-up must restore)."""
+        return [t for state in self.state.values() for t in state.values() if torch.is_tensor(t)]
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.capturable:
+            for state in self.state.values():  # an eager run's integer step count becomes a device tensor
+                if not torch.is_tensor(state["step"]):
+                    state["step"] = torch.tensor(float(state["step"]), device=state["exp_avg"].device)
+            self._init_device_state()
 
     @torch.no_grad()
     def step(self, closure=None):
+        if self.capturable:
+            for group in self.param_groups:
+                self._update_capturable(group, [p for p in group["params"] if p.grad is not None])
+            return
         for group in self.param_groups:
             by_step = defaultdict(list)  # parameters at the same step share one set of foreach kernels
             for p in group["params"]:
@@ -60,6 +98,34 @@ class AdamW(torch.optim.Optimizer):
         torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
         if weight_decay > 0.0:
             torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+
+
+    def _update_capturable(self, group, params):
+        """_update with the step count and the rate read from device tensors: no host synchronisation."""
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = group["lr_tensor"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        steps = [self.state[p]["step"] for p in params]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_add_(steps, 1.0)
+        torch._foreach_mul_(exp_avg, beta1)
+        torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_add_(denom, group["eps"])
+        step = steps[0]  # the parameters of a group always step together here
+        step_size = lr
+        if group["correct_bias"]:
+            step_size = lr * torch.sqrt(1.0 - torch.pow(beta2, step)) / (1.0 - torch.pow(beta1, step))
+        update = torch._foreach_div(exp_avg, denom)
+        torch._foreach_mul_(update, -step_size)
+        torch._foreach_add_(params, update)
+        if weight_decay > 0.0:
+            torch._foreach_add_(params, torch._foreach_mul(params, -lr * weight_decay))
 
 
 def parameter_groups(model, no_decay_bias=False):
@@ -106,7 +172,10 @@ class Schedule:
     def _apply(self):
         factor = lr_factor(self.kind, self.t, self.warmup, self.max_step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
+            if "lr_tensor" in group:
+                self.optimizer.set_lr(group, base * factor)
+            else:
+                group["lr"] = base * factor
 
     def step(self):
         self.t += 1
@@ -121,6 +190,7 @@ class Schedule:
         self._apply()
 
 
-def create_optimizer(model, args):
+def create_optimizer(model, args, capturable=False):
     return AdamW(parameter_groups(model, args.no_decay_bias), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
-                 eps=args.adam_epislon, weight_decay=args.weight_decay, correct_bias=args.correct_bias)
+                 eps=args.adam_epislon, weight_decay=args.weight_decay, correct_bias=args.correct_bias,
+                 capturable=capturable)

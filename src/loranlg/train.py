@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import torch
@@ -86,7 +87,9 @@ class ProgressBar:
         self.bar = None
         if enabled:
             from progress.bar import Bar
-            self.bar = Bar("training", max=max_step, suffix="%(index)d/%(max)d | loss %(loss)s | left %(eta_td)s")
+            # the current stderr, not the one the package saw at import
+            self.bar = Bar("training", max=max_step, file=sys.stderr,
+                           suffix="%(index)d/%(max)d | loss %(loss)s | left %(eta_td)s")
             self.bar.loss = "-"
             self.bar.goto(start)
 
@@ -139,6 +142,47 @@ def evaluate(objective, valid_set, valid_batches, ctx):
     return loss, math.exp(min(loss, 700.0))
 
 
+def why_no_graphs(args, ctx):
+    """Why the CUDA-graph step cannot be used here, or None when it can."""
+    if getattr(args, "no_cuda_graph", False):
+        return "--no_cuda_graph"
+    if ctx.device.type != "cuda":
+        return "not on a GPU"
+    if ctx.distributed:
+        return "several processes: DDP's gradient hooks run eagerly"
+    if args.grad_acc != 1:
+        return "--grad_acc above 1"
+    if args.precision == "fp16":
+        return "fp16's loss scaler synchronises with the host"
+    return None
+
+
+def cuda_graphs_usable(args, ctx):
+    return why_no_graphs(args, ctx) is None
+
+
+def graphed_train_step(objective, optimizer, trainable, args):
+    """The whole optimizer step as a CUDA graph per padded length (graphed_step.py)."""
+    from .graphed_step import GraphedTrainStep
+
+    def step(ids, targets, mask):
+        positions = torch.arange(ids.numel(), device=ids.device)  # all of them: a static shape
+        loss = objective(ids, targets, mask, positions, args.label_smooth)
+        loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, args.clip)
+        optimizer.step()
+        return loss.detach()
+
+    return GraphedTrainStep(step, trainable, protect=trainable + optimizer.state_tensors())
+
+
+def compile_blocks(model):
+    """torch.compile each transformer block (one compiled graph serves all, with a dynamic length)."""
+    for block in model.transformer.h:
+        block.compile(dynamic=True)
+
+
 def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_step=None, log=print):
     """Train `model` (built, loaded, trainable parameters marked, on ctx.device). save_checkpoint(model, path)
     writes model.{step}.pt. stop_after_step simulates an interruption (for resume tests). Returns a summary."""
@@ -155,14 +199,21 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
         f"{ctx.world_size} rank(s))")
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optim.create_optimizer(model, args)
+    use_graphs = cuda_graphs_usable(args, ctx)
+    say(f"CUDA graphs: {'on' if use_graphs else 'off'}" + ("" if use_graphs else f" ({why_no_graphs(args, ctx)})"))
+    optimizer = optim.create_optimizer(model, args, capturable=use_graphs)
     schedule = optim.Schedule(optimizer, args.scheduler, args.warmup_step, max_step)
     scaler = torch.amp.GradScaler(ctx.device.type) if args.precision == "fp16" else None
     objective = LMObjective(model, args.precision)
+    if ctx.device.type == "cuda":
+        objective.store_frozen_matrices()
+    if getattr(args, "compile", False):
+        compile_blocks(model)
+    graphed = None  # made after a resume has loaded the optimizer state that the graphs capture
     runner = objective
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        runner = DistributedDataParallel(objective, device_ids=device_ids, broadcast_buffers=False)
+        runner = DistributedDataParallel(objective, device_ids=device_ids)  # the model has no buffers
 
     # Where we are: train_step micro-batches done; `epoch` (from 1) with `start_batch` of its batches done.
     train_step, epoch, start_batch, micro_losses, finished = 0, 1, 0, [], False
@@ -272,16 +323,25 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
                 train_step += 1
                 is_update = train_step % args.grad_acc == 0
                 sync = contextlib.nullcontext() if is_update or not ctx.distributed else runner.no_sync()
-                with sync:
-                    loss = runner(batch["input"], batch["target"], batch["mask"], batch["positions"],
-                                  args.label_smooth)
-                    scaled = loss / args.grad_acc
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                if use_graphs:
+                    if graphed is None:
+                        graphed = graphed_train_step(objective, optimizer, trainable, args)
+                    # forward, backward and the update in one replay; the loss buffer is reused: copy it
+                    loss = graphed(batch["input"], batch["target"], batch["mask"]).clone()
+                else:
+                    with sync:
+                        loss = runner(batch["input"], batch["target"], batch["mask"], batch["positions"],
+                                      args.label_smooth)
+                        scaled = loss / args.grad_acc
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 micro_losses.append(loss.detach())
                 window["micro"] += 1
                 clock["micro"] += 1
                 batch_in_epoch = number + 1
-                if is_update:
+                if is_update and use_graphs:
+                    pending.append((train_step, train_step, epoch, optimizer.param_groups[0]["lr"],
+                                    micro_losses.pop()))
+                elif is_update:
                     lr = optimizer.param_groups[0]["lr"]
                     if scaler is not None:
                         scaler.unscale_(optimizer)

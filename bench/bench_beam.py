@@ -1,0 +1,100 @@
+"""GPU benchmark of gpt2_beam.py over the whole E2E test file, end to end.
+
+    python bench/bench_beam.py --test_txt ../shared/data/e2e/test.txt --vocab ../shared/vocab
+    python bench/bench_beam.py --data data/e2e/test.jsonl           # an encoded jsonl instead
+
+Each row runs `python src/gpt2_beam.py` as a user would (process start, CUDA init, model build, reading the
+data, beam search, writing the output): gpt2.md with random weights (they rarely emit EOS, so every context
+runs all eval_len steps: the worst case), beam 10, eval_len 64, the E2E recipe's other flags. It prints one
+table: wall seconds end to end, the beam search's own seconds and distinct contexts per second, and how many
+output lines differ from the first row's (batch size must not change the output; bf16 may, at near-ties).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+
+def encode_e2e(test_txt, vocab, out_path):
+    """Raw E2E `MR||text` lines -> encoded jsonl, as format_converting_e2e.py + gpt2_encode.py --add_bos
+    --add_eos write it."""
+    from loranlg.encode import encode_pairs
+    from loranlg.formats import e2e_examples
+    from loranlg.tokenizer import GPT2BPE
+
+    pairs = [(ex["context"], ex["completion"]) for ex in e2e_examples(test_txt)]
+    records = encode_pairs(GPT2BPE(vocab), pairs, add_bos=True, add_eos=True)
+    with open(out_path, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+    return len(records)
+
+
+def run_once(data, work_dir, batch_size, precision, args):
+    cmd = [sys.executable, str(REPO / "src" / "gpt2_beam.py"), "--data", data, "--work_dir", work_dir,
+           "--output_file", f"beam_b{batch_size}_{precision}.jsonl", "--model_card", args.model_card,
+           "--batch_size", str(batch_size), "--precision", precision, "--beam", str(args.beam),
+           "--eval_len", str(args.eval_len), "--seq_len", "512", "--length_penalty", "0.8",
+           "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eos_token_id", "628"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"gpt2_beam.py failed:\n{done.stderr[-3000:]}")
+    found = re.search(r"beam: (\d+) distinct contexts \((\d+) lines\) in ([\d.]+) s", done.stderr)
+    contexts, lines, seconds = int(found[1]), int(found[2]), float(found[3])
+    output = pathlib.Path(work_dir) / f"beam_b{batch_size}_{precision}.jsonl"
+    return dict(wall=wall, beam=seconds, contexts=contexts, lines=lines,
+                predictions=output.read_text().splitlines())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--test_txt", help="raw E2E test.txt (MR||text a line); needs --vocab")
+    parser.add_argument("--vocab", help="GPT-2 vocabulary directory (encoder.json + vocab.bpe)")
+    parser.add_argument("--data", help="an encoded jsonl instead of --test_txt")
+    parser.add_argument("--model_card", default="gpt2.md")
+    parser.add_argument("--beam", type=int, default=10)
+    parser.add_argument("--eval_len", type=int, default=64)
+    parser.add_argument("--batch_sizes", default="32,128", help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
+    parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
+    args = parser.parse_args()
+    import torch
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
+
+    with tempfile.TemporaryDirectory() as work_dir:
+        data = args.data
+        if data is None:
+            if not (args.test_txt and args.vocab):
+                parser.error("give --data, or --test_txt and --vocab")
+            data = os.path.join(work_dir, "test.jsonl")
+            encode_e2e(args.test_txt, args.vocab, data)
+        rows = []
+        for precision in args.precisions.split(","):
+            for batch_size in map(int, args.batch_sizes.split(",")):
+                rows.append((precision, batch_size, run_once(data, work_dir, batch_size, precision, args)))
+                print(f"done: {precision} batch {batch_size}", file=sys.stderr)
+
+    first = {}
+    print(f"\n{args.model_card}, random weights, beam {args.beam}, eval_len {args.eval_len}, "
+          f"{rows[0][2]['lines']} lines / {rows[0][2]['contexts']} distinct contexts; {device}\n")
+    print("| precision | --batch_size | end to end (s) | beam search (s) | contexts/s | lines differing |")
+    print("|---|---|---|---|---|---|")
+    for precision, batch_size, r in rows:
+        reference = first.setdefault(precision, r["predictions"])
+        differing = sum(a != b for a, b in zip(reference, r["predictions"]))
+        print(f"| {precision} | {batch_size} | {r['wall']:.1f} | {r['beam']:.1f} | "
+              f"{r['contexts'] / r['beam']:.1f} | {differing} |")
+
+
+if __name__ == "__main__":
+    main()

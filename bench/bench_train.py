@@ -1,0 +1,116 @@
+"""Training speed of gpt2_ft.py's own loop: GPT-2 medium shapes with random weights, LoRA r=4 on q,v (the E2E
+recipe), batch 8, E2E valid.txt encoded as the training data, at fp32 and bf16.
+
+    python bench/bench_train.py [--shared ../shared] [--steps 100] [--warmup 20] [--precisions fp32,bf16]
+    torchrun --nproc_per_node=2 bench/bench_train.py ...       # the same per GPU, on 2 GPUs
+
+It runs loranlg.train.train itself (the whole step: data, forward, loss, backward, Adam, schedule) and reads
+the per-step times of metrics.jsonl after the warmup steps. tokens/s counts real (unpadded) input tokens of
+all ranks. SPEC 11: the original takes 285 ms a step (fp32, padded to 512).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "src"))
+
+import torch  # noqa: E402
+
+from gpt2_ft import build, build_parser, check_args  # noqa: E402
+from loranlg.distributed import cleanup, setup_distributed  # noqa: E402
+from loranlg.encode import encode_pairs  # noqa: E402
+from loranlg.tokenizer import GPT2BPE  # noqa: E402
+from loranlg.train import load_datasets, train  # noqa: E402
+
+
+def encode_e2e_valid(shared, out_path):
+    """valid.txt -> encoded jsonl as SPEC 2 (context + 50256, " " + completion + 50256)."""
+    pairs = []
+    with open(os.path.join(shared, "data", "e2e", "valid.txt"), encoding="utf-8") as handle:
+        for line in handle:
+            context, completion = line.rstrip("\n").split("||")
+            pairs.append((context, completion.strip()))
+    records = encode_pairs(GPT2BPE(os.path.join(shared, "vocab")), pairs, add_bos=True, add_eos=True)
+    with open(out_path, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+    return records
+
+
+def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps):
+    argv = ["--train_data", data, "--valid_data", small_valid, "--model_card", card, "--lora_dim", "4",
+            "--lora_alpha", "32", "--lora_dropout", "0.1", "--label_smooth", "0.1", "--train_batch_size", str(batch),
+            "--lr", "2e-4", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
+            "--warmup_step", "500", "--random_seed", "110", "--precision", precision,
+            "--max_step", str(warmup + steps), "--log_interval", str(warmup), "--eval_interval", "1000000",
+            "--save_interval", "1000000", "--work_dir", work_dir]
+    if ctx.device.type == "cpu":
+        argv += ["--device", "cpu"]
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    quiet = lambda *a, **k: None  # noqa: E731
+    train_set, valid_set, _ = load_datasets(args)
+    model = build(args, ctx, quiet)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, log=quiet)
+    peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else float("nan")
+    if not ctx.is_main:
+        return float("nan"), float("nan"), peak
+    with open(os.path.join(work_dir, "metrics.jsonl")) as handle:
+        times = [r["ms"] for r in map(json.loads, handle) if "ms" in r and r["step"] > warmup]
+    tokens_per_example = statistics.mean(len(c) + len(x) for c, x in train_set.examples)
+    ms = statistics.mean(times)
+    return ms, tokens_per_example * batch * ctx.world_size / (ms / 1000), peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=os.environ.get("LORANLG_SHARED", os.path.join(REPO, "..", "shared")),
+                        help="the shared data directory (vocab/, data/e2e/valid.txt)")
+    parser.add_argument("--model_card", default="gpt2.md", help="model size (gpt2.md)")
+    parser.add_argument("--batch", type=int, default=8, help="examples per step and GPU (8)")
+    parser.add_argument("--warmup", type=int, default=20, help="steps not timed (20)")
+    parser.add_argument("--steps", type=int, default=100, help="steps timed (100, a multiple of --warmup)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated (fp32,bf16)")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when there is one)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    ctx = setup_distributed(opts)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "valid.jsonl")
+        small_valid = os.path.join(tmp, "valid8.jsonl")
+        if ctx.is_main:
+            records = encode_e2e_valid(opts.shared, data)
+            with open(small_valid, "w") as out:
+                out.writelines(json.dumps(r) + "\n" for r in records[:8])
+        if ctx.distributed:
+            torch.distributed.barrier()
+            paths = [data, small_valid]
+            torch.distributed.broadcast_object_list(paths, src=0)  # every rank reads rank 0's files
+            data, small_valid = paths
+        for precision in opts.precisions.split(","):
+            work = os.path.join(tmp, f"run-{precision}")
+            ms, tokens, peak = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
+                                       opts.warmup, opts.steps)
+            rows.append((precision, ms, tokens, peak))
+    if ctx.is_main:
+        name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
+        print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {ctx.world_size} "
+              f"process(es), E2E valid as data, random weights, {name}, torch {torch.__version__}")
+        print("| precision | ms/step | tokens/s | peak memory |")
+        print("|---|---|---|---|")
+        for precision, ms, tokens, peak in rows:
+            print(f"| {precision} | {ms:.1f} | {tokens:,.0f} | {peak:.2f} GiB |")
+        print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
+    cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The comparison with the paper's Table 3 and the loss plot (src/loranlg/report.py and its two scripts)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from loranlg.errors import InputError
+from loranlg.report import (PaperScore, comparison_table, moving_average, paper_rows, plot_losses,
+                            read_loss_history, read_scores)
+
+# The official score block of SPEC 8 (devel-conc.txt vs baseline-output.txt), as measure_scores.py prints it.
+OFFICIAL_BLOCK = """SCORES:
+==============
+BLEU: 0.7203
+NIST: 7.7889
+METEOR: 0.4801
+ROUGE_L: 0.7910
+CIDEr: 2.3039
+"""
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_py_script(name, *args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def table_row(table, first_cell):
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in\n{table}")
+
+
+def test_paper_rows_hold_table_3():
+    lora_md = dict((method, scores) for method, _, scores in paper_rows("md"))["LoRA"]
+    assert [lora_md[m].value for m in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")] == [70.4, 8.85, 46.8, 71.8, 2.53]
+    assert [lora_md[m].half_width for m in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")] == [0.1, 0.02, 0.2, 0.1, 0.02]
+    lg = paper_rows("lg")
+    assert len(paper_rows("md")) == 7 and len(lg) == 5
+    assert lg[-1][0] == "LoRA" and lg[-1][1] == "0.77M" and lg[-1][2]["ROUGE_L"].half_width == 0.2
+    assert lg[0][2]["CIDEr"].value == 2.45
+
+
+@pytest.mark.parametrize("text, ours, mark", [
+    ("70.4+-.1", 70.45, "inside"), ("70.4+-.1", 70.5, "inside"), ("70.4+-.1", 70.51, "above"),
+    ("70.4+-.1", 70.29, "below"),
+    # printed without an interval: the rounding of the print, half a unit of the last digit
+    ("68.2", 68.24, "inside"), ("68.2", 68.26, "above"), ("68.2", 68.14, "below"),
+    ("8.62", 8.624, "inside"), ("8.62", 8.626, "above"),
+])
+def test_marks_against_the_interval(text, ours, mark):
+    assert PaperScore(text).mark(ours) == mark
+
+
+def test_reads_the_score_block_and_the_json_alike(tmp_path):
+    block = tmp_path / "scores.txt"
+    block.write_text(OFFICIAL_BLOCK)
+    as_json = tmp_path / "scores.json"
+    as_json.write_text(json.dumps({"BLEU": 0.7203, "NIST": 7.7889, "METEOR": 0.4801, "ROUGE_L": 0.791,
+                                   "CIDEr": 2.3039}))
+    expected = {"BLEU": 0.7203, "NIST": 7.7889, "METEOR": 0.4801, "ROUGE_L": 0.791, "CIDEr": 2.3039}
+    assert read_scores(block) == expected
+    assert read_scores(as_json) == expected
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"BLEU": 0.7, "NIST": 8.1}', "no score for METEOR, ROUGE_L, CIDEr"),
+    ("SCORES:\nBLEU: abc\n", "BLEU is not a number"),
+    ('{"BLEU": NaN, "NIST": 1, "METEOR": 0.1, "ROUGE_L": 0.1, "CIDEr": 0.1}', "BLEU is not a finite number"),
+])
+def test_bad_score_files_are_named(tmp_path, content, message):
+    path = tmp_path / "scores.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message) as err:
+        read_scores(path)
+    assert str(path) in str(err.value)
+
+
+def test_table_scales_like_the_paper_and_marks_each_metric():
+    scores = {"BLEU": 0.7043, "NIST": 8.80, "METEOR": 0.4690, "ROUGE_L": 0.7175, "CIDEr": 2.53}
+    table = comparison_table(scores, "md")
+    # BLEU, METEOR, ROUGE-L x100; NIST and CIDEr as they are.
+    assert table_row(table, "**ours**")[3:] == ["**70.43**", "**8.800**", "**46.90**", "**71.75**", "**2.530**"]
+    # 70.43 in 70.4 +- .1; 8.80 < 8.85 - .02; 46.90 in 46.8 +- .2; 71.75 in 71.8 +- .1; 2.53 on the mean
+    marks = table_row(table, "ours vs paper LoRA")[3:]
+    assert marks == ["inside (+0.03)", "below (-0.05)", "inside (+0.10)", "inside (-0.05)", "inside (+0.00)"]
+    assert table_row(table, "paper GPT-2 M")[1] == "FT"  # the first paper row of GPT-2 M
+    assert "70.4 ± .1" in table and "| LoRA (ref.) | 0.35M |" in table
+
+
+def test_table_against_another_row_and_model():
+    scores = {"BLEU": 0.69, "NIST": 8.78, "METEOR": 0.46, "ROUGE_L": 0.70, "CIDEr": 2.45}
+    table = comparison_table(scores, "lg", method="FT")
+    assert table_row(table, "ours vs paper FT")[3:] == [
+        "above (+0.50)", "inside (+0.00)", "inside (+0.00)", "above (+0.10)", "inside (+0.00)"]
+    assert "paper GPT-2 L" in table and "GPT-2 M" not in table
+    with pytest.raises(InputError, match="no paper row for method 'Adapter-H'"):
+        comparison_table(scores, "lg", method="Adapter-H")
+    with pytest.raises(InputError, match="md and lg only"):
+        comparison_table(scores, "sm")
+
+
+def test_compare_script_prints_and_writes_the_table(tmp_path):
+    scores = tmp_path / "scores.txt"
+    scores.write_text(OFFICIAL_BLOCK)
+    output = tmp_path / "out" / "results.md"
+    done = run_py_script("compare_with_paper.py", "--scores", scores, "--model", "md", "--output", output,
+                         "--note", "a note")
+    assert done.returncode == 0, done.stderr
+    written = output.read_text()
+    assert written.strip() in done.stdout
+    assert table_row(written, "**ours**")[3] == "**72.03**" and written.rstrip().endswith("a note")
+    assert table_row(written, "ours vs paper LoRA")[3].startswith("above (+1.63)")
+
+
+def test_compare_script_bad_input_exits_2_without_output(tmp_path):
+    scores = tmp_path / "scores.json"
+    scores.write_text('{"BLEU": 0.7}')
+    output = tmp_path / "results.md"
+    done = run_py_script("compare_with_paper.py", "--scores", scores, "--model", "md", "--output", output)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "no score for NIST" in done.stderr
+    assert not output.exists()
+    missing = run_py_script("compare_with_paper.py", "--scores", tmp_path / "nope.json", "--model", "md",
+                            "--output", output)
+    assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def write_metrics(path, lines):
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_loss_history_places_evaluations_at_their_step(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    write_metrics(metrics, [
+        {"step": 1, "epoch": 1, "lr": 0.0, "loss": 5.0, "ms": 10.0},
+        {"step": 2, "epoch": 1, "lr": 1e-4, "loss": 4.0, "ms": 10.0},
+        {"valid_loss": 3.5, "valid_ppl": 33.1},             # no step: after step 2
+        {"step": 3, "epoch": 1, "lr": 1e-4, "loss": 3.0, "ms": 10.0},
+        {"step": 3, "valid_loss": 3.0, "valid_ppl": 20.1},
+    ])
+    assert read_loss_history(metrics) == ([1, 2, 3], [5.0, 4.0, 3.0], [2, 3], [3.5, 3.0])
+
+
+def test_moving_average_by_hand():
+    assert moving_average([1, 2, 3, 4, 5], 2) == [1, 1.5, 2.5, 3.5, 4.5]
+    assert moving_average([4, 2], 5) == [4, 3]
+
+
+def test_plot_script_writes_a_png(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    write_metrics(metrics, [{"step": s, "epoch": 1, "lr": 1e-3, "loss": 6.0 / s, "ms": 5.0} for s in range(1, 201)]
+                  + [{"step": 200, "valid_loss": 0.5, "valid_ppl": 1.65}])
+    output = tmp_path / "plots" / "losses.png"
+    done = run_py_script("plot_losses.py", "--metrics", metrics, "--output", output)
+    assert done.returncode == 0, done.stderr
+    data = output.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert [p.name for p in output.parent.iterdir()] == ["losses.png"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([{"epoch": 1}], "no training step"),
+    ([{"step": 1, "loss": "high"}], "loss is not a number"),
+])
+def test_plot_bad_metrics_leave_no_png(tmp_path, lines, message):
+    metrics = tmp_path / "metrics.jsonl"
+    write_metrics(metrics, lines)
+    output = tmp_path / "losses.png"
+    with pytest.raises(InputError, match=message):
+        plot_losses(metrics, output)
+    assert not output.exists()
+    done = run_py_script("plot_losses.py", "--metrics", metrics, "--output", output)
+    assert done.returncode == 2 and message in done.stderr and not output.exists()

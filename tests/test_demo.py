@@ -1,0 +1,195 @@
+"""The E2E chain of shell scripts end to end: `run_e2e.sh --demo` at a reduced size, then each stage alone."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import run_script
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCORE_RANGES = {"BLEU": (0, 1), "NIST": (0, 15), "METEOR": (0, 1), "ROUGE_L": (0, 1), "CIDEr": (0, 10)}
+CONTEXTS = 2
+# The demo runs once for the module (about 30 s: training, beam search and the Java metrics); its tests read it.
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(shared_dir, tmp_path_factory):
+    """One reduced demo run: gpt2.tiny, 4 training steps of batch 4, two test MRs, two held-out MRs."""
+    if shutil.which("java") is None:
+        pytest.skip("no java: the E2E evaluator needs a Java runtime")
+    work = tmp_path_factory.mktemp("demo") / "e2e"
+    env = dict(VOCAB_DIR=str(shared_dir / "vocab"), E2E_SOURCE_DIR=str(shared_dir / "data" / "e2e"),
+               WORK_DIR=str(work), DEMO_CARD="gpt2.tiny", DEMO_STEPS="4", DEMO_CONTEXTS=str(CONTEXTS),
+               DEMO_HOLDOUT="2", TRAIN_ARGS="--train_batch_size 4", BEAM_ARGS="--eval_len 16")
+    done = run_script("run_e2e.sh", "--demo", env=env, cwd=work.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return work, env, done
+
+
+@slow
+def test_demo_writes_every_artefact(demo):
+    work, _, _ = demo
+    for name in ("data/train.jsonl", "data/valid.jsonl", "data/test.jsonl", "data/test_formatted.jsonl",
+                 "model.4.pt", "train.done", "metrics.jsonl", "train.log", "predict.4.b10p08r4.jsonl",
+                 "beam.log", "e2e_ref.txt", "e2e_pred.txt", "scores.json", "scores.txt", "results.md",
+                 "losses.png"):
+        assert (work / name).is_file() and (work / name).stat().st_size > 0, name
+    assert (work / "train.done").read_text().strip() == "model.4.pt"
+    assert (work / "losses.png").read_bytes().startswith(PNG_MAGIC)
+    assert not [p.name for p in work.iterdir() if p.name.startswith((".tmp", ".train"))]
+
+
+@slow
+def test_demo_uses_the_chosen_subsets(demo, shared_dir):
+    work, _, _ = demo
+    raw_test = (shared_dir / "data/e2e/test.txt").read_text().splitlines()
+    first_mrs = list(dict.fromkeys(line.split("||")[0] for line in raw_test))[:CONTEXTS]
+    expected_test = [line for line in raw_test if line.split("||")[0] in first_mrs]
+    assert (work / "data/test.txt").read_text().splitlines() == expected_test
+    # Every test line got a prediction; one prediction line and one reference group per MR.
+    predicted = [json.loads(line)["id"] for line in (work / "predict.4.b10p08r4.jsonl").read_text().splitlines()]
+    assert predicted == list(range(len(expected_test)))
+    assert len((work / "e2e_pred.txt").read_text().splitlines()) == CONTEXTS
+    groups = (work / "e2e_ref.txt").read_text().strip("\n").split("\n\n")
+    assert [len(group.splitlines()) for group in groups] == [
+        sum(line.split("||")[0] == mr for line in expected_test) for mr in first_mrs]
+    # The held-out MRs (the last 2 of valid) are not in the training data.
+    raw_valid = (shared_dir / "data/e2e/valid.txt").read_text().splitlines()
+    held_out = list(dict.fromkeys(line.split("||")[0] for line in raw_valid))[-2:]
+    train = (work / "data/train.txt").read_text().splitlines()
+    valid = (work / "data/valid.txt").read_text().splitlines()
+    assert len(train) + len(valid) == len(raw_valid)
+    assert {line.split("||")[0] for line in valid} == set(held_out)
+    assert not any(line.split("||")[0] in held_out for line in train)
+
+
+@slow
+def test_demo_scores_are_numbers_in_range(demo):
+    work, _, done = demo
+    scores = json.loads((work / "scores.json").read_text())
+    for name, (low, high) in SCORE_RANGES.items():
+        assert isinstance(scores[name], float) and low <= scores[name] <= high, (name, scores[name])
+    printed = (work / "scores.txt").read_text()
+    assert printed.startswith("SCORES:\n") and f"BLEU: {scores['BLEU']:.4f}" in printed
+    results = (work / "results.md").read_text()
+    assert results in done.stdout  # the run ends with the table
+    assert f"**{100 * scores['ROUGE_L']:.2f}**" in results or f"**{100 * scores['ROUGE_L']:.3f}**" in results
+    assert "ours vs paper FT" in results and "they are not a reproduction of the paper" in results
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m and "valid_loss" not in m] == [1, 2, 3, 4]
+    assert any("valid_loss" in m for m in metrics)
+
+
+@slow
+def test_rerun_skips_every_stage(demo):
+    work, env, _ = demo
+    stamps = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()}
+    again = run_script("run_e2e.sh", "--demo", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("[train] skipped", "[beam] skipped", "[decode] skipped", "[eval] skipped"):
+        assert stage in again.stderr
+    assert "running:" not in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()} == stamps
+
+
+def stage_env(demo, **extra):
+    """What a user sets to run one stage of the demo's work dir alone."""
+    work, env, _ = demo
+    return dict(env, DATA_DIR=str(work / "data"), MODEL_CARD="gpt2.tiny", LORA_DIM="0", INIT_CHECKPOINT="none",
+                LAUNCHER="python", TEST_FORMATTED=str(work / "data/test_formatted.jsonl"), **extra)
+
+
+@slow
+def test_a_stage_alone_and_forced(demo):
+    work, _, _ = demo
+    ref, pred = work / "e2e_ref.txt", work / "e2e_pred.txt"
+    before = ref.read_text(), pred.read_text(), pred.stat().st_mtime_ns
+    skipped = run_script("decode_e2e.sh", env=stage_env(demo))
+    assert skipped.returncode == 0 and "[decode] skipped" in skipped.stderr
+    forced = run_script("decode_e2e.sh", "--force", env=stage_env(demo))
+    assert forced.returncode == 0, forced.stderr
+    assert "[decode] running:" in forced.stderr
+    assert (ref.read_text(), pred.read_text()) == before[:2] and pred.stat().st_mtime_ns != before[2]
+
+
+@pytest.mark.parametrize("script, names", [
+    ("train_e2e.sh", "bash scripts/create_datasets.sh"),
+    ("beam_e2e.sh", "bash scripts/train_e2e.sh"),
+    ("decode_e2e.sh", "bash scripts/train_e2e.sh"),
+    ("eval_e2e.sh", "bash scripts/decode_e2e.sh"),
+])
+def test_missing_input_names_the_script_that_makes_it(tmp_path, script, names):
+    env = dict(WORK_DIR=str(tmp_path / "run"), DATA_DIR=str(tmp_path / "data"), VOCAB_DIR=str(tmp_path))
+    done = run_script(script, env=env)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and names in done.stderr
+    assert not (tmp_path / "run" / "train.done").exists()
+
+
+def test_missing_predictions_name_the_beam_stage(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "train.done").write_text("model.7.pt\n")
+    done = run_script("decode_e2e.sh", env=dict(WORK_DIR=str(work), DATA_DIR=str(tmp_path)))
+    assert done.returncode == 2
+    assert f"{work}/predict.7.b10p08r4.jsonl" in done.stderr and "bash scripts/beam_e2e.sh" in done.stderr
+
+
+def test_flags_are_checked(tmp_path):
+    bad_model = run_script("train_e2e.sh", "--model", "xl", env=dict(WORK_DIR=str(tmp_path)))
+    assert bad_model.returncode == 2 and "--model must be sm, md or lg" in bad_model.stderr
+    unknown = run_script("beam_e2e.sh", "--beam", "5")
+    assert unknown.returncode == 2 and "unknown option '--beam'" in unknown.stderr
+    one_process = run_script("train_e2e.sh", "--launcher", "python", "--ngpu", "2")
+    assert one_process.returncode == 2 and "runs one process" in one_process.stderr
+    helped = run_script("run_e2e.sh", "--help")
+    assert helped.returncode == 0 and "--demo" in helped.stdout and "NNODES" in helped.stdout
+
+
+def test_launcher_command_lines(tmp_path):
+    """The torchrun / torch.distributed.launch command a stage builds, seen through a stand-in interpreter."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    fake.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "valid.jsonl"):
+        (data / name).write_text("{}\n")
+    env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(data), INIT_CHECKPOINT="none",
+               WORK_DIR=str(tmp_path / "run"))
+    for launcher in ("torchrun", "launch"):
+        done = run_script("train_e2e.sh", "--ngpu", "8", "--nnodes", "2", "--node_rank", "1",
+                          "--master_addr", "10.0.0.1", "--launcher", launcher, "--", "--max_step", "5", env=env)
+        assert done.returncode == 0, done.stderr  # node 1 writes no train.done
+    torchrun, launch = (tmp_path / "log").read_text().splitlines()
+    module = {"torchrun": "torch.distributed.run", "launch": "torch.distributed.launch"}
+    for line, launcher in ((torchrun, "torchrun"), (launch, "launch")):
+        assert line.startswith(f"-m {module[launcher]} --nproc_per_node=8 --nnodes=2 --node_rank=1 "
+                               f"--master_addr=10.0.0.1 --master_port=29500 {os.path.dirname(os.path.dirname(__file__))}/src/gpt2_ft.py ")
+        for recipe in ("--train_batch_size 8", "--lr 0.0002", "--weight_decay 0.01", "--correct_bias",
+                       "--warmup_step 500", "--max_epoch 5", "--lora_dim 4", "--lora_alpha 32",
+                       "--lora_dropout 0.1", "--label_smooth 0.1", "--random_seed 110", "--model_card gpt2.md"):
+            assert f" {recipe} " in f" {line} "
+        assert line.endswith("--max_step 5")
+
+
+@slow
+def test_a_remade_input_redoes_the_stages_after_it(demo):
+    work, _, _ = demo
+    predict = work / "predict.4.b10p08r4.jsonl"
+    os.utime(predict)  # as if beam_e2e.sh had just written it again
+    done = run_script("decode_e2e.sh", env=stage_env(demo))
+    assert done.returncode == 0, done.stderr
+    assert f"redoing: {predict} is newer than" in done.stderr and "[decode] running:" in done.stderr
+    assert (work / "e2e_pred.txt").stat().st_mtime_ns >= predict.stat().st_mtime_ns
+
+
+@slow
+def test_other_demo_settings_need_force(demo):
+    _, env, _ = demo
+    done = run_script("run_e2e.sh", "--demo", env=dict(env, DEMO_STEPS="5"))
+    assert done.returncode == 2
+    assert "holds a demo run with other settings" in done.stderr and "steps=4" in done.stderr

@@ -1,0 +1,219 @@
+"""Training (SPEC 5): the loss, the data, the optimizer and schedule, and one real step against a hand
+computation. Runs of the whole command live in test_train_runs.py."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from gpt2_ft import build_parser, check_args
+from loranlg import checkpoint, data, loss, optim, train
+from loranlg.distributed import DistContext
+
+
+def write_jsonl(path, examples):
+    with open(path, "w") as handle:
+        for context, completion in examples:
+            handle.write(json.dumps({"context": context, "completion": completion}) + "\n")
+    return path
+
+
+def random_ids(rng, shortest, longest, vocab=97):
+    return [rng.randrange(vocab) for _ in range(rng.randint(shortest, longest))]
+
+
+def hand_batch(examples, seq_len):
+    """The original's per-example tensors, padded to seq_len, written out from SPEC 5's words."""
+    inputs, targets, masks = [], [], []
+    for context, completion in examples:
+        tokens = context + completion
+        n = min(len(tokens), seq_len)
+        inputs.append(tokens[:n] + [0] * (seq_len - n))
+        target = tokens[1:n + 1]
+        targets.append(target + [0] * (seq_len - len(target)))
+        # 1 from the last context token through the token before the last input token
+        masks.append([1.0 if len(context) - 1 <= t <= n - 2 else 0.0 for t in range(seq_len)])
+    return torch.tensor(inputs), torch.tensor(targets), torch.tensor(masks)
+
+
+def hand_loss(logits, target, mask, s):
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    smooth = -logp.mean(dim=-1)
+    per_position = (1 - s) * nll + s * smooth
+    return (per_position * mask).sum() / (mask.sum() + 1e-4)
+
+
+# ------------------------------------------------------------------ loss
+
+@pytest.mark.parametrize("s", [0.0, 0.1])
+def test_masked_loss_equals_full_logits_formula(s):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    weight = torch.randn(50, 16)
+    target = torch.randint(0, 50, (3, 7))
+    mask = (torch.rand(3, 7) > 0.4).float()
+    got = loss.masked_lm_loss(hidden, weight, target, mask, label_smooth=s)
+    want = hand_loss(hidden @ weight.t(), target, mask, s)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    grad_got, = torch.autograd.grad(got, hidden)
+    grad_want, = torch.autograd.grad(want, hidden)
+    torch.testing.assert_close(grad_got, grad_want.float(), rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ data
+
+def test_collate_builds_spec_mask_and_cuts_long_examples():
+    items = [([11, 12, 13], [21, 22, 23]), ([31, 32], [41])]
+    ds = data.FTDataset(items, batch_size=2, seq_len=10)
+    batch = data.collate([ds[0], ds[1]], seq_len=10)
+    assert batch["input"].tolist() == [[11, 12, 13, 21, 22, 23], [31, 32, 41, 0, 0, 0]]
+    assert batch["target"].tolist() == [[12, 13, 21, 22, 23, 0], [32, 41, 0, 0, 0, 0]]
+    assert batch["mask"].tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 0, 0, 0, 0]]
+    # Cut to seq_len 5: the last input position's target is real but outside the mask, as the original.
+    short = data.FTDataset(items, batch_size=2, seq_len=5)
+    batch = data.collate([short[0]], seq_len=5)
+    assert batch["input"].tolist() == [[11, 12, 13, 21, 22]]
+    assert batch["target"].tolist() == [[12, 13, 21, 22, 23]]
+    assert batch["mask"].tolist() == [[0, 0, 1, 1, 0]]
+    assert batch["positions"].tolist() == [2, 3]
+
+
+def test_padding_to_longest_equals_padding_to_seq_len():
+    torch.manual_seed(0)
+    model = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
+    with torch.no_grad():
+        for layer in model.modules():
+            if hasattr(layer, "lora_B"):
+                layer.lora_B.normal_()
+    objective = loss.LMObjective(model)
+    rng = random.Random(1)
+    items = [(random_ids(rng, 1, 6), random_ids(rng, 1, 9)) for _ in range(5)]
+    ds = data.FTDataset(items, batch_size=5, seq_len=40)
+    results = []
+    for pad_to in (None, 40):
+        batch = data.collate([ds[i] for i in range(5)], seq_len=40, pad_to=pad_to)
+        value = objective(batch["input"], batch["target"], batch["mask"], batch["positions"], 0.1)
+        grads = torch.autograd.grad(value, [p for p in model.parameters() if p.requires_grad])
+        results.append((batch["input"].shape[1], value, grads))
+    (short_len, short_loss, short_grads), (long_len, long_loss, long_grads) = results
+    assert short_len < long_len == 40
+    torch.testing.assert_close(short_loss, long_loss, rtol=1e-6, atol=0)
+    for a, b in zip(short_grads, long_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # and both equal the original's formula on full logits at seq_len padding
+    inputs, targets, mask = hand_batch(items, 40)
+    assert hand_loss(model(inputs), targets, mask, 0.1).item() == pytest.approx(long_loss.item(), rel=1e-5)
+
+
+def test_dataset_rounds_up_to_batches_and_sampler_order():
+    items = [([i + 1], [i + 2]) for i in range(10)]
+    ds = data.FTDataset(items, batch_size=4, seq_len=8)
+    assert len(ds) == 12 and ds.num_batches == 3
+    fill = random.Random(911)
+    assert [ds[i][0][0] for i in (10, 11, 10)] == [items[fill.randint(0, 9)][0][0] for _ in range(3)]
+    for rank in range(2):
+        sampler = data.make_sampler(ds, DistContext(rank=rank, world_size=2), seed=110)
+        generator = torch.Generator()
+        generator.manual_seed(110 + 3)  # DistributedSampler: randperm seeded with seed + epoch
+        order = torch.randperm(12, generator=generator).tolist()[rank::2]
+        assert data.batch_indices(sampler, 4, epoch=3) == [order[:4]]  # 6 per rank: the partial batch dropped
+        assert data.batch_indices(sampler, 4, epoch=3, drop_last=False) == [order[:4], order[4:]]
+
+
+# ------------------------------------------------------------------ optimizer and schedule
+
+@pytest.mark.parametrize("correct_bias", [True, False])
+def test_adam_follows_spec_formula(correct_bias):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.999, 1e-6, 0.1
+    opt = optim.AdamW([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, correct_bias=correct_bias)
+    ref = p.detach().double().clone()
+    m = torch.zeros_like(ref)
+    v = torch.zeros_like(ref)
+    for t in range(1, 4):
+        g = torch.randn(4, 3)
+        p.grad = g.clone()
+        opt.step()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) if correct_bias else lr
+        ref = ref - step * m / (v.sqrt() + eps)
+        ref = ref - lr * wd * ref
+        torch.testing.assert_close(p.detach().double(), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_schedules_step_per_micro_batch():
+    linear = [optim.lr_factor("linear", t, 2, 6) for t in range(8)]
+    assert linear == pytest.approx([0, 0.5, 1, 0.75, 0.5, 0.25, 0, 0])
+    assert [optim.lr_factor("constant", t, 2, 6) for t in range(4)] == pytest.approx([0, 0.5, 1, 1])
+    assert [optim.lr_factor("linear", t, 0, 4) for t in range(3)] == pytest.approx([1, 0.75, 0.5])
+    cosine = [optim.lr_factor("cosine", t, 2, 8) for t in (0, 1, 2, 4, 8, 9)]
+    assert cosine == pytest.approx([0, 0.5, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0, 0])
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = optim.AdamW([p], lr=0.1)
+    schedule = optim.Schedule(opt, "linear", 2, 6)
+    seen = []
+    for _ in range(3):
+        seen.append(opt.param_groups[0]["lr"])
+        schedule.step()
+    assert seen == pytest.approx([0, 0.05, 0.1])
+
+
+# ------------------------------------------------------------------ one real step, by hand
+
+def test_two_steps_equal_hand_computation(tmp_path):
+    """Warmup 1: update 1 runs at lr 0 (only Adam's moments move), update 2 at the full rate."""
+    rng = random.Random(3)
+    items = [(random_ids(rng, 2, 5), random_ids(rng, 2, 6)) for _ in range(4)]
+    path = write_jsonl(tmp_path / "train.jsonl", items)
+    lr, wd, b1, b2, eps, s, seed = 0.01, 0.01, 0.9, 0.999, 1e-6, 0.1, 110
+    args = build_parser().parse_args([
+        "--train_data", str(path), "--valid_data", str(path), "--train_batch_size", "2", "--seq_len", "16",
+        "--lr", str(lr), "--weight_decay", str(wd), "--correct_bias", "--adam_beta2", str(b2),
+        "--label_smooth", str(s), "--warmup_step", "1", "--max_step", "2", "--random_seed", str(seed),
+        "--work_dir", str(tmp_path / "run"), "--log_interval", "1", "--lora_dim", "2", "--lora_alpha", "8"])
+    check_args(args)
+    torch.manual_seed(0)
+    model = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
+    with torch.no_grad():  # B = 0 would give A no gradient: start from a non-zero B
+        for layer in model.modules():
+            if hasattr(layer, "lora_B"):
+                layer.lora_B.normal_(std=0.5)
+    reference = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
+    reference.load_state_dict(model.state_dict())
+    lora = {n: p for n, p in reference.named_parameters() if p.requires_grad}
+
+    train_set, valid_set, _ = train.load_datasets(args, vocab_size=97)
+    train.train(args, DistContext(), model, train_set, valid_set, checkpoint.save_lora, log=lambda *a, **k: None)
+
+    generator = torch.Generator()
+    generator.manual_seed(seed + 1)  # epoch 1
+    order = torch.randperm(4, generator=generator).tolist()
+    losses, grads = [], []
+    for batch in (order[:2], order[2:]):
+        inputs, targets, mask = hand_batch([items[i] for i in batch], 16)
+        value = hand_loss(reference(inputs), targets, mask, s)
+        losses.append(value.item())
+        grads.append(dict(zip(lora, torch.autograd.grad(value, list(lora.values())))))
+    for name, p in lora.items():
+        g1, g2 = grads[0][name].double(), grads[1][name].double()
+        m = b1 * (1 - b1) * g1 + (1 - b1) * g2
+        v = b2 * (1 - b2) * g1 * g1 + (1 - b2) * g2 * g2
+        step = lr * math.sqrt(1 - b2 ** 2) / (1 - b1 ** 2)
+        want = p.detach().double() - step * m / (v.sqrt() + eps)
+        want = want - lr * wd * want
+        got = dict(model.named_parameters())[name].detach().double()
+        assert not torch.allclose(got, p.detach().double())
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert [r["lr"] for r in steps] == pytest.approx([0.0, lr])
+    assert [r["loss"] for r in steps] == pytest.approx(losses, rel=1e-5)
+    assert any("valid_loss" in r for r in records)
