@@ -65,7 +65,8 @@ def main():
     parser.add_argument("--model_card", default="gpt2.md")
     parser.add_argument("--beam", type=int, default=10)
     parser.add_argument("--eval_len", type=int, default=64)
-    parser.add_argument("--batch_sizes", default="32,128", help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
+    parser.add_argument("--batch_sizes", default="32,128",
+                        help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
     args = parser.parse_args()
     import torch

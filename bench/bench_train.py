@@ -42,13 +42,17 @@ def encode_e2e_valid(shared, out_path):
     return records
 
 
-def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps):
+MODES = {"eager": ["--no_cuda_graph"], "graph": [], "graph+compile": ["--compile"]}
+
+
+def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph"):
     argv = ["--train_data", data, "--valid_data", small_valid, "--model_card", card, "--lora_dim", "4",
             "--lora_alpha", "32", "--lora_dropout", "0.1", "--label_smooth", "0.1", "--train_batch_size", str(batch),
             "--lr", "2e-4", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
             "--warmup_step", "500", "--random_seed", "110", "--precision", precision,
             "--max_step", str(warmup + steps), "--log_interval", str(warmup), "--eval_interval", "1000000",
             "--save_interval", "1000000", "--work_dir", work_dir]
+    argv += MODES[mode]
     if ctx.device.type == "cpu":
         argv += ["--device", "cpu"]
     args = build_parser().parse_args(argv)
@@ -78,6 +82,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=20, help="steps not timed (20)")
     parser.add_argument("--steps", type=int, default=100, help="steps timed (100, a multiple of --warmup)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated (fp32,bf16)")
+    parser.add_argument("--modes", default="eager,graph",
+                        help=f"comma-separated, of {', '.join(MODES)} (eager,graph)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when there is one)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -95,19 +101,20 @@ def main():
             paths = [data, small_valid]
             torch.distributed.broadcast_object_list(paths, src=0)  # every rank reads rank 0's files
             data, small_valid = paths
-        for precision in opts.precisions.split(","):
-            work = os.path.join(tmp, f"run-{precision}")
-            ms, tokens, peak = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
-                                       opts.warmup, opts.steps)
-            rows.append((precision, ms, tokens, peak))
+        for mode in opts.modes.split(","):
+            for precision in opts.precisions.split(","):
+                work = os.path.join(tmp, f"run-{mode}-{precision}")
+                ms, tokens, peak = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
+                                           opts.warmup, opts.steps, mode)
+                rows.append((mode, precision, ms, tokens, peak))
     if ctx.is_main:
         name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
         print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {ctx.world_size} "
               f"process(es), E2E valid as data, random weights, {name}, torch {torch.__version__}")
-        print("| precision | ms/step | tokens/s | peak memory |")
-        print("|---|---|---|---|")
-        for precision, ms, tokens, peak in rows:
-            print(f"| {precision} | {ms:.1f} | {tokens:,.0f} | {peak:.2f} GiB |")
+        print("| mode | precision | ms/step | tokens/s | peak memory |")
+        print("|---|---|---|---|---|")
+        for mode, precision, ms, tokens, peak in rows:
+            print(f"| {mode} | {precision} | {ms:.2f} | {tokens:,.0f} | {peak:.2f} GiB |")
         print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
     cleanup(ctx)
 

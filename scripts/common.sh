@@ -16,6 +16,7 @@
 #   PRECISION    --precision fp32|bf16|fp16  passed to gpt2_ft.py and gpt2_beam.py when set
 #   LORA_DIM     --lora_dim R             LoRA rank (default 4); 0 is full fine-tuning
 #   PYTHON                                the interpreter (default python3)
+# Relative paths are taken from the repository root (the scripts run from any directory).
 # Anything after `--` goes to the stage's Python command as extra flags (a repeated flag overrides ours).
 
 set -euo pipefail

@@ -52,7 +52,7 @@ fi
 if [ -s "$METRICS" ]; then
   if ! already_done "$PLOT" --after "$METRICS"; then
     run "$PY" "$REPO_DIR/scripts/plot_losses.py" --metrics "$METRICS" --output "$PLOT" \
-      --title "E2E, $MODEL_CARD, $(basename "$WORK_DIR")"
+      --title "E2E, $MODEL_CARD, $(basename "$(dirname "$WORK_DIR")")/$(basename "$WORK_DIR")"
   fi
 else
   log "no $METRICS (no training in this work dir): no loss plot"

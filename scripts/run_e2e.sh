@@ -2,9 +2,10 @@
 # The whole E2E reproduction, stage by stage, ending with the comparison with the paper:
 #   bash scripts/run_e2e.sh [--model md|lg] [--ngpu N] [--work_dir DIR] [--force] [--nnodes N --node_rank R ...]
 #   bash scripts/run_e2e.sh --demo      the same chain offline on the CPU in minutes (a small model, see below)
-# Stages: create_datasets.sh, download_pretrained_checkpoints.sh (each only when its outputs are missing),
+# Stages: download_pretrained_checkpoints.sh, create_datasets.sh (each only when its outputs are missing),
 # train_e2e.sh, beam_e2e.sh, decode_e2e.sh, eval_e2e.sh. A stage whose outputs exist is skipped unless --force.
 # With several nodes, run it on every node: nodes other than 0 stop after training (node 0 holds the checkpoint).
+# CHECKPOINT=F (or --checkpoint F): score that checkpoint (e.g. a released LoRA file) without training.
 # TRAIN_ARGS / BEAM_ARGS: extra flags for gpt2_ft.py / gpt2_beam.py (e.g. TRAIN_ARGS="--precision bf16").
 #
 # --demo: no download, no GPU. A gpt2.mini (256 wide, 4 layers) trained from random weights with full
@@ -13,7 +14,7 @@
 # not the paper's. Settings: E2E_SOURCE_DIR (a folder with valid.txt and test.txt; default data/e2e, else
 # $LORANLG_SHARED/data/e2e), VOCAB_DIR (encoder.json + vocab.bpe or vocab.json + merges.txt; default
 # pretrained_checkpoints, else $LORANLG_SHARED/vocab), DEMO_STEPS (training steps, default 300),
-# DEMO_CONTEXTS (test MRs scored, default 630 = all), DEMO_HOLDOUT (valid MRs kept out of training for the
+# DEMO_CONTEXTS (test MRs scored, default 100 of 630, for time), DEMO_HOLDOUT (valid MRs kept out of training for the
 # validation loss, default 20), DEMO_CARD (default gpt2.mini; gpt2.tiny is faster and worse), WORK_DIR
 # (default trained_models/demo/e2e).
 STAGE=run
@@ -41,15 +42,26 @@ export_settings() {
 full_run() {
   [ ${#EXTRA_ARGS[@]} -eq 0 ] || die "run_e2e.sh passes no flags after --; use TRAIN_ARGS / BEAM_ARGS"
   export_settings
-  if [ ! -s "$DATA_DIR/train.jsonl" ] || [ ! -s "$DATA_DIR/valid.jsonl" ] || [ ! -s "$DATA_DIR/test.jsonl" ] \
-     || [ ! -s "$DATA_DIR/test_formatted.jsonl" ]; then
-    stage create_datasets.sh --datasets e2e --vocab "$VOCAB_DIR" --data "$(dirname "$DATA_DIR")"
-  fi
   if [ "$INIT_CHECKPOINT" != none ] && [ ! -s "$INIT_CHECKPOINT" ]; then
-    stage download_pretrained_checkpoints.sh "$MODEL"
+    stage download_pretrained_checkpoints.sh "$MODEL" --dir "$PRETRAINED_DIR"
   fi
-  # shellcheck disable=SC2086  # TRAIN_ARGS / BEAM_ARGS are lists of flags
-  stage train_e2e.sh -- ${TRAIN_ARGS:-}
+  local needed=(test.jsonl test_formatted.jsonl) splits=test name
+  [ -n "${CHECKPOINT:-}" ] || { needed+=(train.jsonl valid.jsonl); splits=train,valid,test; }
+  for name in "${needed[@]}"; do
+    if [ ! -s "$DATA_DIR/$name" ]; then
+      [ "$(basename "$DATA_DIR")" = e2e ] || die "missing $DATA_DIR/$name: create_datasets.sh builds" \
+        "DATA/e2e/, so DATA_DIR must end in /e2e for it to build them"
+      stage create_datasets.sh --datasets e2e --splits "$splits" --vocab "$VOCAB_DIR" --data "$(dirname "$DATA_DIR")"
+      break
+    fi
+  done
+  if [ -n "${CHECKPOINT:-}" ]; then
+    export CHECKPOINT
+    echo "scoring $CHECKPOINT: no training" >&2
+  else
+    # shellcheck disable=SC2086  # TRAIN_ARGS / BEAM_ARGS are lists of flags
+    stage train_e2e.sh -- ${TRAIN_ARGS:-}
+  fi
   if [ "$NODE_RANK" != 0 ]; then
     echo "node $NODE_RANK: training done; beam search and scoring run on node 0" >&2
     return
@@ -107,20 +119,21 @@ prepare_demo_data() {
 demo_run() {
   [ ${#EXTRA_ARGS[@]} -eq 0 ] || die "run_e2e.sh passes no flags after --; use TRAIN_ARGS / BEAM_ARGS"
   DEMO_STEPS=${DEMO_STEPS:-300}
-  DEMO_CONTEXTS=${DEMO_CONTEXTS:-630}
+  DEMO_CONTEXTS=${DEMO_CONTEXTS:-100}
   DEMO_HOLDOUT=${DEMO_HOLDOUT:-20}
   case "$DEMO_STEPS$DEMO_CONTEXTS$DEMO_HOLDOUT" in *[!0-9]*) die "DEMO_* take whole numbers" ;; esac
   local shared=${LORANLG_SHARED:-}
   local source
   source=$(find_dir valid.txt "${E2E_SOURCE_DIR:-}" "$REPO_DIR/data/e2e" "${shared:+$shared/data/e2e}")
   [ -n "$source" ] && [ -s "$source/test.txt" ] || die "demo: no E2E valid.txt and test.txt: set E2E_SOURCE_DIR" \
-    "to a folder holding them (the E2E release, or examples/NLG/data/e2e of microsoft/LoRA)"
+    "to a folder holding them, or fetch them once with: bash scripts/create_datasets.sh --splits valid,test"
   if [ "$VOCAB_GIVEN" != 1 ]; then
     VOCAB_DIR=$(find_dir encoder.json "$REPO_DIR/pretrained_checkpoints" "${shared:+$shared/vocab}")
     [ -n "$VOCAB_DIR" ] || VOCAB_DIR=$(find_dir vocab.json "$REPO_DIR/pretrained_checkpoints")
   fi
-  [ -s "$VOCAB_DIR/encoder.json" ] || [ -s "$VOCAB_DIR/vocab.json" ] || die "demo: no GPT-2 vocabulary: set VOCAB_DIR to a folder with encoder.json + vocab.bpe" \
-    "(or vocab.json + merges.txt)"
+  [ -s "$VOCAB_DIR/encoder.json" ] || [ -s "$VOCAB_DIR/vocab.json" ] || die "demo: no GPT-2 vocabulary in ${VOCAB_DIR:-pretrained_checkpoints}: set VOCAB_DIR to a" \
+    "folder with encoder.json + vocab.bpe (or vocab.json + merges.txt), or fetch it once with:" \
+    "bash scripts/create_datasets.sh --splits valid,test"
 
   MODEL=md MODEL_CARD=${DEMO_CARD:-gpt2.mini} LORA_DIM=0 INIT_CHECKPOINT=none LAUNCHER=python NGPU=1 NNODES=1
   DATA_DIR=$WORK_DIR/data
@@ -133,7 +146,7 @@ demo_run() {
   check_demo_settings "card=$MODEL_CARD steps=$DEMO_STEPS contexts=$DEMO_CONTEXTS holdout=$DEMO_HOLDOUT" \
     "train=${TRAIN_ARGS:-} beam=${BEAM_ARGS:-}"
   stage_demo_data "$source"
-  # From random weights: a higher rate and a short warmup than the paper's LoRA recipe; no periodic checkpoints.
+  # From random weights: a higher rate and a shorter warmup than the paper's LoRA recipe; no periodic checkpoints.
   local eval_every=$(( DEMO_STEPS / 2 > 0 ? DEMO_STEPS / 2 : 1 ))
   stage train_e2e.sh -- --device cpu --max_step "$DEMO_STEPS" --lr 0.001 --warmup_step $(( DEMO_STEPS / 10 )) \
     --save_interval 1000000 --eval_interval "$eval_every" --log_interval $(( eval_every / 5 > 0 ? eval_every / 5 : 1 )) \
@@ -164,15 +177,23 @@ stage_demo_data() {
   echo "=== demo data: $((SECONDS - began)) s ===" >&2
 }
 
-for arg in "$@"; do [ "$arg" = --demo ] && DEMO=1; done
-if [ "$DEMO" = 1 ] && [ -z "${WORK_DIR:-}" ]; then
-  WORK_DIR=trained_models/demo/e2e
-fi
-parse_common_args "$@"
+main() {
+  for arg in "$@"; do [ "$arg" = --demo ] && DEMO=1; done
+  if [ "$DEMO" = 1 ] && [ -z "${WORK_DIR:-}" ]; then
+    WORK_DIR=trained_models/demo/e2e
+  fi
+  parse_common_args "$@"
 
-if [ "$DEMO" = 1 ]; then
-  demo_run
-else
-  full_run
-fi
-echo "run_e2e: done in $((SECONDS - START)) s; results in $WORK_DIR/results.md" >&2
+  # The last stage needs Java: say so before hours (or minutes) of work, not after.
+  command -v java >/dev/null 2>&1 || die "no 'java' on PATH: the E2E evaluator (METEOR, PTB tokenizer) needs a Java" \
+    "runtime (Debian/Ubuntu: sudo apt-get install default-jre-headless)"
+  if [ "$DEMO" = 1 ]; then
+    demo_run
+  else
+    full_run
+  fi
+  echo "run_e2e: done in $((SECONDS - START)) s; results in $WORK_DIR/results.md" >&2
+}
+
+# One line, read whole before it runs: the script can be edited while a long run of it goes on.
+main "$@"; exit $?

@@ -3,7 +3,6 @@ the whole sequence recomputed each step, the original's loops), and the command'
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -226,7 +225,38 @@ def test_errors_are_clear(tmp_path, tiny_checkpoint):
                       "--work_dir", tmp_path, "--device", "cpu", *BEAM_FLAGS)
     assert done.returncode == 2 and f"{bad}:2:" in done.stderr
 
-    done = run_script("gpt2_beam.py", "--data", bad, "--init_checkpoint", checkpoint, "--model_card", "gpt2.mini",
+    good = tmp_path / "good.jsonl"
+    write_jsonl(good, [{"context": [1, 2, 50256]}])
+    done = run_script("gpt2_beam.py", "--data", good, "--init_checkpoint", checkpoint, "--model_card", "gpt2.mini",
                       "--work_dir", tmp_path, "--device", "cpu")
-    assert done.returncode == 2 and str(checkpoint) in done.stderr
+    assert done.returncode == 2 and str(checkpoint) in done.stderr and "gpt2.tiny" in done.stderr
     assert not (tmp_path / "beam_prediction.jsonl").exists()
+
+
+def test_lora_checkpoint_is_applied(tmp_path):
+    """A full checkpoint with LoRA tensors decodes like the unmerged LoRA model (the command merges it)."""
+    from loranlg.checkpoint import build_model
+    torch.manual_seed(4)
+    model = build_model("gpt2.tiny", lora_dim=2, lora_alpha=8).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(20.0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    torch.save(model.state_dict(), tmp_path / "lora.pt")
+    gen = torch.Generator().manual_seed(6)
+    contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() + [50256] for n in (4, 9, 6)]
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, [{"context": c} for c in contexts])
+    done = run_script("gpt2_beam.py", "--data", data, "--init_checkpoint", tmp_path / "lora.pt", "--lora_dim", 2,
+                      "--lora_alpha", 8, "--work_dir", tmp_path, "--device", "cpu", "--batch_size", 3,
+                      *BEAM_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = [json.loads(line)["predict"] for line in (tmp_path / "beam_prediction.jsonl").read_text().splitlines()]
+    s = BeamSettings(beam=3, eval_len=6, length_penalty=0.8, no_repeat_ngram_size=2, eos_ids=(50256, 628))
+    assert got == [reference_beam(model, c, s) for c in contexts]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    assert got != [reference_beam(model, c, s) for c in contexts]  # the LoRA tensors matter here

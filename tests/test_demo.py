@@ -193,3 +193,27 @@ def test_other_demo_settings_need_force(demo):
     done = run_script("run_e2e.sh", "--demo", env=dict(env, DEMO_STEPS="5"))
     assert done.returncode == 2
     assert "holds a demo run with other settings" in done.stderr and "steps=4" in done.stderr
+
+
+def test_beam_on_a_released_lora_checkpoint_command_line(tmp_path):
+    """CHECKPOINT=released LoRA file: base weights + --lora_checkpoint, the paper's beam settings."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    fake.chmod(0o755)
+    (tmp_path / "test.jsonl").write_text("{}\n")
+    base = tmp_path / "gpt2-medium-pytorch_model.bin"
+    lora = tmp_path / "gpt2_md_lora_e2e.pt"
+    base.write_bytes(b"x")
+    lora.write_bytes(b"x")
+    env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), PRETRAINED_DIR=str(tmp_path),
+               CHECKPOINT=str(lora), WORK_DIR=str(tmp_path / "run"), LAUNCHER="python")
+    done = run_script("beam_e2e.sh", env=env)
+    # The stand-in writes no predictions: the stage says so.
+    assert done.returncode == 2 and "gpt2_beam.py ended without writing" in done.stderr
+    assert f"{tmp_path}/run/predict.gpt2_md_lora_e2e.b10p08r4.jsonl" in done.stderr
+    line = " " + (tmp_path / "log").read_text().strip() + " "
+    for expected in (f"--init_checkpoint {base} --lora_checkpoint {lora}", "--model_card gpt2.md",
+                     "--lora_dim 4 --lora_alpha 32", "--beam 10", "--length_penalty 0.8",
+                     "--no_repeat_ngram_size 4", "--repetition_penalty 1.0", "--eos_token_id 628", "--eval_len 64",
+                     "--seq_len 512", f"--data {tmp_path}/test.jsonl"):
+        assert f" {expected} " in line, expected

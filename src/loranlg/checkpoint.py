@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import sys
-import zipfile
 
 import torch
 
@@ -263,7 +262,7 @@ def load_lora_file(model, path):
     if base:  # a full checkpoint of a LoRA run: its frozen weights must be the ones already loaded
         check_keys(base, want_base, path, "weights")
         check_shapes(base, want_base, path)
-        differ = [k for k, v in base.items() if not torch.equal(v.to(want_base[k].dtype), want_base[k].detach())]
+        differ = [k for k, v in base.items() if not torch.equal(v.to(want_base[k]), want_base[k].detach())]
         if differ:
             raise InputError(f"its base weights differ from the model's ({listing(differ)}): a fully fine-tuned "
                              "checkpoint? pass it as the init checkpoint instead", path)

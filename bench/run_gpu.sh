@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU session's measurements, in one go (the device machine is lent by the minute): GPU parity tests,
+# then ours against the transformers + peft baseline, printing short tables. Logs go to $OUT when set.
+#   bash bench/run_gpu.sh [train] [beam] [tests]        (default: all three)
+#   SHARED=path/to/shared (default ../shared): vocab/ and data/e2e/{valid,test}.txt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+OUT=${OUT:-/tmp/loranlg-bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 LORANLG_SHARED=$SHARED
+WHAT=${*:-tests train beam}
+TMP=$(mktemp -d)
+python3 src/format_converting_e2e.py "$SHARED/data/e2e/valid.txt" "$TMP/valid_formatted.jsonl"
+python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/valid_formatted.jsonl" --output "$TMP/valid.jsonl" --add_bos --add_eos
+python3 src/format_converting_e2e.py "$SHARED/data/e2e/test.txt" "$TMP/test_formatted.jsonl"
+python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/test_formatted.jsonl" --output "$TMP/test.jsonl" --add_bos --add_eos
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+for item in $WHAT; do
+  case $item in
+    tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    train)
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes eager,graph --precisions fp32,bf16} 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -12
+      for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
+    beam)
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:-} 2>&1 | tee "$OUT/beam.log" | tail -12
+      python3 bench/hf_baseline.py beam --data "$TMP/test.jsonl" --precision bf16 ${HF_BEAM_ARGS:-} 2>&1 | tail -1 | tee -a "$OUT/beam.log" ;;
+  esac
+done
+rm -rf "$TMP"

@@ -1,0 +1,49 @@
+"""GPU-only parity of the fast paths (skipped without CUDA; run on the device machine, see BENCHMARKS.md).
+
+The CUDA-graph training step must give the numbers of the eager step: same losses, same LoRA weights."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from gpt2_ft import main
+from loranlg.tokenizer import EOT_ID, GPT2BPE
+from test_train import write_jsonl
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def e2e_records(shared_dir, vocab_dir):
+    bpe = GPT2BPE(vocab_dir)
+    lines = (shared_dir / "data" / "e2e" / "valid.txt").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("||") for line in lines[::37][:64]]  # lengths spread over several graph buckets
+    return [(bpe.encode(mr) + [EOT_ID], bpe.encode(" " + text.strip()) + [EOT_ID]) for mr, text in pairs]
+
+
+def run(tmp_path, name, data, extra):
+    work = tmp_path / name
+    main([str(a) for a in ["--train_data", data, "--valid_data", data, "--model_card", "gpt2.tiny",
+                           "--lora_dim", 4, "--lora_alpha", 32, "--train_batch_size", 8, "--max_step", 24,
+                           "--warmup_step", 3, "--lr", 2e-3, "--weight_decay", 0.01, "--correct_bias",
+                           "--label_smooth", 0.1, "--clip", 1.0, "--log_interval", 8, "--save_interval", 24,
+                           "--eval_interval", 24, "--random_seed", 5, "--work_dir", work] + extra])
+    losses = [r["loss"] for r in map(json.loads, open(work / "metrics.jsonl")) if "loss" in r]
+    weights = torch.load(work / "model.24.pt", map_location="cpu", weights_only=True)["model_state_dict"]
+    return losses, weights
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_step_matches_eager(tmp_path, e2e_records, precision):
+    data = write_jsonl(tmp_path / "train.jsonl", e2e_records)
+    eager_losses, eager_weights = run(tmp_path, "eager", data, ["--precision", precision, "--no_cuda_graph"])
+    graph_losses, graph_weights = run(tmp_path, "graph", data, ["--precision", precision])
+    assert len(graph_losses) == len(eager_losses) == 24
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    assert graph_losses == pytest.approx(eager_losses, rel=tolerance)
+    assert eager_losses[-1] < eager_losses[0]  # the run learns something
+    for name, tensor in eager_weights.items():
+        scale = tensor.abs().max().item()
+        assert (graph_weights[name] - tensor).abs().max().item() <= tolerance * max(scale, 1e-3), name
