@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 4: beam search over the E2E test set with the paper's settings (SPEC 6), under torchrun.
+# Stage 4: beam search over the E2E test set with the paper's settings (the original's README), under torchrun.
 #   bash scripts/beam_e2e.sh [--model md|lg] [--ngpu N] [--work_dir DIR] [--checkpoint F] [--force] [-- extra flags]
 # Reads  DATA_DIR/test.jsonl (scripts/create_datasets.sh; TEST_DATA overrides), the GPT-2 weights and the
 #        checkpoint train_e2e.sh finished with (WORK_DIR/train.done), or CHECKPOINT / --checkpoint: e.g. a

@@ -7,6 +7,8 @@
 #   LAUNCHER     --launcher torchrun|launch|python
 #                                         torchrun (default), python -m torch.distributed.launch, or one plain process
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT  (--nnodes --node_rank --master_addr --master_port) several nodes
+#                                         (defaults 1, 0, 127.0.0.1, 29500; on one node torchrun runs --standalone,
+#                                         on a free port, unless MASTER_PORT is set)
 #   DATA_DIR     --data_dir DIR           the E2E jsonl files (default data/e2e)
 #   PRETRAINED_DIR --pretrained_dir DIR   GPT-2 weights and vocabulary (default pretrained_checkpoints)
 #   VOCAB_DIR    --vocab DIR              GPT-2 vocabulary (default PRETRAINED_DIR)
@@ -15,6 +17,8 @@
 #   MODEL_CARD   --model_card CARD        overrides the card MODEL implies (gpt2.md for md)
 #   PRECISION    --precision fp32|bf16|fp16  passed to gpt2_ft.py and gpt2_beam.py when set
 #   LORA_DIM     --lora_dim R             LoRA rank (default 4); 0 is full fine-tuning
+#   CHECKPOINT   --checkpoint F           what beam search decodes (default: the one named by WORK_DIR/train.done),
+#                                         e.g. a released LoRA file such as gpt2_md_lora_e2e.pt
 #   PYTHON                                the interpreter (default python3)
 # Relative paths are taken from the repository root (the scripts run from any directory).
 # Anything after `--` goes to the stage's Python command as extra flags (a repeated flag overrides ours).
@@ -83,6 +87,7 @@ resolve_settings() {
   NNODES=${NNODES:-1}
   NODE_RANK=${NODE_RANK:-0}
   MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+  MASTER_PORT_GIVEN=${MASTER_PORT:-}
   MASTER_PORT=${MASTER_PORT:-29500}
   LAUNCHER=${LAUNCHER:-torchrun}
   FORCE=${FORCE:-0}
@@ -153,7 +158,10 @@ launch() {
   local nodes=(--nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT")
   case "$LAUNCHER" in
     python) run "$PY" "$script" "$@" ;;
-    torchrun) run "$PY" -m torch.distributed.run --nproc_per_node="$NGPU" "${nodes[@]}" "$script" "$@" ;;
+    torchrun)
+      # One node: --standalone picks a free port, so two runs on one machine do not collide.
+      if [ "$NNODES" = 1 ] && [ -z "${MASTER_PORT_GIVEN:-}" ]; then nodes=(--standalone --nnodes=1); fi
+      run "$PY" -m torch.distributed.run --nproc_per_node="$NGPU" "${nodes[@]}" "$script" "$@" ;;
     launch) run "$PY" -m torch.distributed.launch --nproc_per_node="$NGPU" "${nodes[@]}" "$script" "$@" ;;
   esac
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 5: token ids -> text; the references of each test MR grouped (SPEC 7).
+# Stage 5: token ids -> text; the references of each test MR grouped.
 #   bash scripts/decode_e2e.sh [--model md|lg] [--work_dir DIR] [--checkpoint F] [--force] [-- extra flags]
 # Reads  WORK_DIR/predict.{step}.b10p08r4.jsonl (beam_e2e.sh), DATA_DIR/test_formatted.jsonl
 #        (scripts/create_datasets.sh; TEST_FORMATTED overrides) and the vocabulary (VOCAB_DIR).

@@ -13,8 +13,8 @@
 # DEMO_CONTEXTS meaning representations of the test split. Its scores show that the pipeline works; they are
 # not the paper's. Settings: E2E_SOURCE_DIR (a folder with valid.txt and test.txt; default data/e2e, else
 # $LORANLG_SHARED/data/e2e), VOCAB_DIR (encoder.json + vocab.bpe or vocab.json + merges.txt; default
-# pretrained_checkpoints, else $LORANLG_SHARED/vocab), DEMO_STEPS (training steps, default 300),
-# DEMO_CONTEXTS (test MRs scored, default 100 of 630, for time), DEMO_HOLDOUT (valid MRs kept out of training for the
+# pretrained_checkpoints, else $LORANLG_SHARED/vocab), DEMO_STEPS (training steps, default 400),
+# DEMO_CONTEXTS (test MRs scored, default 200 of 630, for time), DEMO_HOLDOUT (valid MRs kept out of training for the
 # validation loss, default 20), DEMO_CARD (default gpt2.mini; gpt2.tiny is faster and worse), WORK_DIR
 # (default trained_models/demo/e2e).
 STAGE=run
@@ -33,8 +33,9 @@ stage() {
 
 # The variables the stage scripts read (flags given here reach them this way).
 export_settings() {
-  export MODEL NGPU WORK_DIR FORCE LAUNCHER NNODES NODE_RANK MASTER_ADDR MASTER_PORT DATA_DIR PRETRAINED_DIR \
+  export MODEL NGPU WORK_DIR FORCE LAUNCHER NNODES NODE_RANK MASTER_ADDR DATA_DIR PRETRAINED_DIR \
     VOCAB_DIR INIT_CHECKPOINT MODEL_CARD PRECISION LORA_DIM PYTHON="$PY"
+  export MASTER_PORT=$MASTER_PORT_GIVEN  # empty: one node picks a free port
 }
 
 # ------------------------------------------------------------------ the paper's reproduction
@@ -118,8 +119,8 @@ prepare_demo_data() {
 
 demo_run() {
   [ ${#EXTRA_ARGS[@]} -eq 0 ] || die "run_e2e.sh passes no flags after --; use TRAIN_ARGS / BEAM_ARGS"
-  DEMO_STEPS=${DEMO_STEPS:-300}
-  DEMO_CONTEXTS=${DEMO_CONTEXTS:-100}
+  DEMO_STEPS=${DEMO_STEPS:-400}
+  DEMO_CONTEXTS=${DEMO_CONTEXTS:-200}
   DEMO_HOLDOUT=${DEMO_HOLDOUT:-20}
   case "$DEMO_STEPS$DEMO_CONTEXTS$DEMO_HOLDOUT" in *[!0-9]*) die "DEMO_* take whole numbers" ;; esac
   local shared=${LORANLG_SHARED:-}

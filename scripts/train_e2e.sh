@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 3: LoRA training on E2E with the paper's recipe (SPEC 5), under torchrun.
+# Stage 3: LoRA training on E2E with the paper's recipe (README of the original, paper Table 11), under torchrun.
 #   bash scripts/train_e2e.sh [--model md|lg] [--ngpu N] [--work_dir DIR] [--force] [-- extra gpt2_ft.py flags]
 # Reads  DATA_DIR/train.jsonl, DATA_DIR/valid.jsonl (scripts/create_datasets.sh) and the GPT-2 weights
 #        (scripts/download_pretrained_checkpoints.sh); TRAIN_DATA / VALID_DATA override the data files.

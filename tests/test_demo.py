@@ -217,3 +217,19 @@ def test_beam_on_a_released_lora_checkpoint_command_line(tmp_path):
                      "--no_repeat_ngram_size 4", "--repetition_penalty 1.0", "--eos_token_id 628", "--eval_len 64",
                      "--seq_len 512", f"--data {tmp_path}/test.jsonl"):
         assert f" {expected} " in line, expected
+
+
+def test_one_node_torchrun_is_standalone(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    fake.chmod(0o755)
+    for name in ("train.jsonl", "valid.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
+               WORK_DIR=str(tmp_path / "run"))
+    done = run_script("train_e2e.sh", "--ngpu", "2", env=env)
+    # The stand-in writes no checkpoint: the stage says so after the launch.
+    assert done.returncode == 2 and "ended without writing a model.{step}.pt" in done.stderr
+    assert (tmp_path / "log").read_text().startswith("-m torch.distributed.run --nproc_per_node=2 --standalone "
+                                                     "--nnodes=1 ")
+    assert not (tmp_path / "run" / "train.done").exists()

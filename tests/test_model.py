@@ -168,3 +168,15 @@ def test_no_dropout_outside_lora():
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(model(ids), model(ids))
+
+
+def test_padded_inference_head_gives_the_same_logits():
+    from conftest import tiny_model
+    model = tiny_model(vocab_size=97)
+    ids = torch.randint(0, 97, (3, 9))
+    expected = model(ids)
+    model.pad_head_for_inference()
+    assert model.inference_head.shape[0] % 64 == 0 and model.inference_head.shape[0] >= 97
+    got = model(ids)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -217,3 +217,22 @@ def test_two_steps_equal_hand_computation(tmp_path):
     assert [r["lr"] for r in steps] == pytest.approx([0.0, lr])
     assert [r["loss"] for r in steps] == pytest.approx(losses, rel=1e-5)
     assert any("valid_loss" in r for r in records)
+
+
+def test_bf16_objective_with_stored_frozen_matrices_equals_plain_autocast():
+    """store_frozen_matrices keeps bf16 copies of the frozen matrices and a padded head: same loss as casting
+    at every use under autocast."""
+    from conftest import tiny_model
+    from loranlg.lora import mark_only_lora_trainable
+    from loranlg.loss import LMObjective
+
+    model = tiny_model(vocab_size=97, lora_attn_dim=2, lora_attn_alpha=4)
+    mark_only_lora_trainable(model)
+    ids = torch.randint(0, 97, (2, 7))
+    mask = torch.zeros(2, 7)
+    mask[:, 3:6] = 1
+    plain = LMObjective(model, "bf16")(ids, ids.roll(-1, 1), mask, None, 0.1)
+    stored = LMObjective(model, "bf16")
+    stored.store_frozen_matrices()
+    assert stored.head_weight().shape[0] == 128 and model.transformer.h[0].mlp.c_fc.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(stored(ids, ids.roll(-1, 1), mask, None, 0.1), plain, rtol=1e-5, atol=1e-5)

@@ -297,10 +297,12 @@ def load_model(args, device):
     from .lora import merge_lora
 
     torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
-    model = build_model(args.model_card, args.lora_dim, args.lora_alpha)
+    model = build_model(args.model_card, args.lora_dim, args.lora_alpha, device=device)
     load_weights(model, args.init_checkpoint, args.lora_checkpoint)
     merge_lora(model)
-    return model.to(device, PRECISIONS[args.precision]).eval()
+    model = model.to(device, PRECISIONS[args.precision]).eval()
+    model.pad_head_for_inference()
+    return model
 
 
 def run_beam(args):

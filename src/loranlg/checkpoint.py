@@ -31,10 +31,11 @@ SHOWN = 6  # how many offending keys an error lists
 
 # ---------------------------------------------------------------- building
 
-def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv"):
+def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv", device=None):
     """A GPT-2 of `card` (a name in model.CARDS, or a GPT2Config) with LoRA of rank `lora_dim` on the
     `lora_slices` of c_attn; only the LoRA tensors are trainable when lora_dim > 0 (everything when 0).
-    The lora_* arguments always set the config's LoRA fields, also when a GPT2Config is given."""
+    The lora_* arguments always set the config's LoRA fields, also when a GPT2Config is given.
+    device: where the weights are made (and randomly initialised): a GPU does it in milliseconds."""
     if lora_dim < 0:
         raise InputError(f"lora_dim must be 0 (full fine-tuning) or a positive rank, got {lora_dim}")
     if not 0.0 <= lora_dropout < 1.0:
@@ -53,7 +54,8 @@ def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices=
             config = GPT2Config.from_card(card, **lora)
         except ValueError as err:
             raise InputError(str(err)) from None
-    model = GPT2LMModel(config)
+    with torch.device(device or "cpu"):
+        model = GPT2LMModel(config)
     mark_only_lora_trainable(model)
     return model
 

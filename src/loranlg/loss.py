@@ -28,16 +28,18 @@ def position_losses(logits, targets, label_smooth=0.0):
     return F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=label_smooth)
 
 
-def masked_lm_loss(hidden, head_weight, target, mask, positions=None, label_smooth=0.0, head_dtype=torch.float32):
+def masked_lm_loss(hidden, head_weight, target, mask, positions=None, label_smooth=0.0, head_dtype=torch.float32,
+                   vocab_size=None):
     """The batch loss from the final hidden states [B, T, d] and the (tied) head weight [V, d].
 
     positions: flat indices of the positions to score; those with mask 0 add nothing (a CUDA graph passes all
-    positions, since the masked ones vary in number)."""
+    positions, since the masked ones vary in number). vocab_size: the real vocabulary when head_weight has
+    padding rows."""
     if positions is None:
         positions = loss_positions(mask)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        logits = F.linear(picked.to(head_dtype), head_weight.to(head_dtype))
+        logits = F.linear(picked.to(head_dtype), head_weight.to(head_dtype))[:, :vocab_size]
     losses = position_losses(logits, target.reshape(-1).index_select(0, positions), label_smooth)
     weights = mask.reshape(-1).index_select(0, positions).float()
     return (losses * weights).sum() / (mask.float().sum() + MASK_EPSILON)
@@ -64,8 +66,9 @@ class LMObjective(nn.Module):
                                                                          "c_fc.weight")):
                 p.data = p.data.to(self.autocast_dtype)
         wte = self.model.transformer.wte.weight
-        if not wte.requires_grad:
-            self._frozen_head = wte.detach().to(self.autocast_dtype)
+        if not wte.requires_grad:  # padded to a multiple of 64 rows: aligned shapes take cuBLAS's fast kernels
+            padded = -(-wte.shape[0] // 64) * 64
+            self._frozen_head = F.pad(wte.detach(), (0, 0, 0, padded - wte.shape[0])).to(self.autocast_dtype)
 
     def head_weight(self):
         return self._frozen_head if self._frozen_head is not None else self.model.transformer.wte.weight
@@ -76,4 +79,4 @@ class LMObjective(nn.Module):
                             enabled=self.autocast_dtype is not None):
             hidden = self.model.hidden_states(input)
         return masked_lm_loss(hidden, self.head_weight(), target, mask, positions, label_smooth,
-                              self.autocast_dtype or torch.float32)
+                              self.autocast_dtype or torch.float32, self.model.config.vocab_size)

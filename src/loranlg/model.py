@@ -51,22 +51,27 @@ class GPT2Config:
 
 
 class KVCache:
-    """Preallocated keys and values for generation. Row b holds lengths[b] valid positions."""
+    """Preallocated keys and values for generation. Row b holds lengths[b] valid positions.
+
+    Rows come first ([B, layer, k|v, H, T, hd]) so that reordering beams copies whole contiguous rows:
+    index_select on an inner dimension takes a gather kernel several times slower."""
 
     def __init__(self, config, batch, max_len, device=None, dtype=torch.float32):
-        shape = (config.n_layer, batch, config.n_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, config.n_layer, 2, config.n_head, max_len, config.head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
 
     @property
     def max_len(self):
-        return self.k.shape[3]
+        return self.kv.shape[4]
+
+    def layer(self, index):
+        """(keys, values) of one layer, each [B, H, T, hd]."""
+        return self.kv[:, index, 0], self.kv[:, index, 1]
 
     def reorder(self, index):
         """Keep rows `index` (beam reordering, or expanding contexts into beams with repeat_interleave)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        self.kv = self.kv.index_select(0, index)
         self.lengths = self.lengths.index_select(0, index)
 
 
@@ -84,12 +89,13 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
         if write_at is None:
             if cache is not None:
-                cache.k[layer, :, :, :length] = k
-                cache.v[layer, :, :, :length] = v
+                keys, values = cache.layer(layer)
+                keys[:, :, :length] = k
+                values[:, :, :length] = v
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             rows = torch.arange(batch, device=x.device)
-            keys, values = cache.k[layer], cache.v[layer]
+            keys, values = cache.layer(layer)
             keys[rows, :, write_at] = k[:, :, 0].to(keys.dtype)  # autocast may hand us another dtype
             values[rows, :, write_at] = v[:, :, 0].to(values.dtype)
             y = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=key_mask).to(q.dtype)
@@ -154,9 +160,22 @@ class GPT2LMModel(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
+        self.inference_head = None  # see pad_head_for_inference
 
     def lm_logits(self, hidden):
+        if self.inference_head is not None:
+            return F.linear(hidden, self.inference_head)[..., :self.config.vocab_size]
         return F.linear(hidden, self.transformer.wte.weight)  # tied head
+
+    def pad_head_for_inference(self, multiple=64):
+        """Give the head a copy of the embedding padded with zero rows to a multiple of 64: cuBLAS takes its
+        fast kernels only for aligned shapes, and 50,257 is odd. Same logits; call it after loading weights
+        and choosing the device and dtype, for inference only (the copy does not follow later changes)."""
+        weight = self.transformer.wte.weight.detach()
+        rows = -(-weight.shape[0] // multiple) * multiple
+        padded = weight.new_zeros(rows, weight.shape[1])
+        padded[:weight.shape[0]] = weight
+        self.inference_head = padded
 
     def hidden_states(self, input_ids):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)

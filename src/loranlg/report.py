@@ -1,4 +1,4 @@
-"""Our E2E scores beside the paper's (SPEC 9), and the training / validation loss curves of a run."""
+"""Our E2E scores beside the paper's (Table 3), and the training / validation loss curves of a run."""
 
 import io
 import json

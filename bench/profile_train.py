@@ -1,0 +1,68 @@
+"""Where one CUDA-graph training step spends its time: replay-only milliseconds on a fixed batch (the GPU's
+share, no data loading) and the CUDA kernels of a few replays, largest first.
+
+    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--precision bf16] [--length 80]
+"""
+
+import argparse
+import json
+import os
+import sys
+import types
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "src"))
+
+import torch  # noqa: E402
+
+from loranlg import checkpoint, data, optim, train  # noqa: E402
+from loranlg.loss import LMObjective  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="encoded jsonl (context / completion ids)")
+    parser.add_argument("--model_card", default="gpt2.md", help="model size (gpt2.md)")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="(bf16)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks too")
+    parser.add_argument("--batch", type=int, default=8, help="examples per step (8)")
+    parser.add_argument("--replays", type=int, default=100, help="timed replays (100)")
+    parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
+    opts = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = checkpoint.build_model(opts.model_card, 4, 32, 0.1).cuda()
+    examples = [(r["context"], r["completion"]) for r in map(json.loads, open(opts.data))]
+    dataset = data.FTDataset(examples, opts.batch, 512)
+    batch = data.collate([dataset[i] for i in range(0, 8 * opts.batch, 8)], 512)
+    batch = {k: v.cuda() for k, v in batch.items()}
+    print(f"batch {tuple(batch['input'].shape)}, {int(batch['mask'].sum())} loss positions")
+    args = types.SimpleNamespace(no_decay_bias=False, lr=2e-4, adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
+                                 weight_decay=0.01, correct_bias=True, clip=0.0, label_smooth=0.1)
+    optimizer = optim.create_optimizer(model, args, capturable=True)
+    objective = LMObjective(model, opts.precision)
+    objective.store_frozen_matrices()
+    if opts.compile:
+        train.compile_blocks(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    step = train.graphed_train_step(objective, optimizer, trainable, args)
+    step(batch["input"], batch["target"], batch["mask"])
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(opts.replays):
+        step(batch["input"], batch["target"], batch["mask"])
+    end.record()
+    torch.cuda.synchronize()
+    print(f"replay only: {start.elapsed_time(end) / opts.replays:.3f} ms/step "
+          f"(compile={opts.compile}, {opts.precision}), peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step(batch["input"], batch["target"], batch["mask"])
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=opts.top, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
