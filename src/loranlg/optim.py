@@ -80,9 +80,9 @@ class AdamW(torch.optim.Optimizer):
             for step, params in by_step.items():
                 self._update(group, step, params)
 
-    def _update(self, group, step, params):
+    def _moments(self, group, params):
+        """Update m and v of `params`; returns (m, sqrt(v) + eps) as lists."""
         beta1, beta2 = group["betas"]
-        lr, weight_decay = group["lr"], group["weight_decay"]
         grads = [p.grad for p in params]
         exp_avg = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
@@ -92,6 +92,12 @@ class AdamW(torch.optim.Optimizer):
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_add_(denom, group["eps"])
+        return exp_avg, denom
+
+    def _update(self, group, step, params):
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        exp_avg, denom = self._moments(group, params)
         step_size = lr
         if group["correct_bias"]:
             step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
@@ -99,24 +105,15 @@ class AdamW(torch.optim.Optimizer):
         if weight_decay > 0.0:
             torch._foreach_add_(params, params, alpha=-lr * weight_decay)
 
-
     def _update_capturable(self, group, params):
         """_update with the step count and the rate read from device tensors: no host synchronisation."""
         if not params:
             return
         beta1, beta2 = group["betas"]
         lr, weight_decay = group["lr_tensor"], group["weight_decay"]
-        grads = [p.grad for p in params]
         steps = [self.state[p]["step"] for p in params]
-        exp_avg = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
         torch._foreach_add_(steps, 1.0)
-        torch._foreach_mul_(exp_avg, beta1)
-        torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_add_(denom, group["eps"])
+        exp_avg, denom = self._moments(group, params)
         step = steps[0]  # the parameters of a group always step together here
         step_size = lr
         if group["correct_bias"]:
