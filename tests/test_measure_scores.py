@@ -122,16 +122,21 @@ def test_help_explains_every_flag():
         assert flag in result.stdout
 
 
-def test_a_failing_java_is_reported_with_its_message(tmp_path):
+def run_with_fake_java(tmp_path, script):
+    """Score a two-group case with `java` on PATH replaced by a shell script."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     java = fake_bin / "java"
-    java.write_text("#!/bin/sh\necho 'Could not reserve enough space for object heap' >&2\nexit 1\n")
+    java.write_text("#!/bin/sh\n" + script)
     java.chmod(0o755)
     write(tmp_path / "refs", "a b c\n\nd e f\n")
     write(tmp_path / "preds", "a b c\nd e f\n")
     env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    result = run(tmp_path / "refs", tmp_path / "preds", env=env)
+    return run(tmp_path / "refs", tmp_path / "preds", env=env)
+
+
+def test_a_failing_java_is_reported_with_its_message(tmp_path):
+    result = run_with_fake_java(tmp_path, "echo 'Could not reserve enough space for object heap' >&2\nexit 1\n")
     assert result.returncode == 2
     assert "java exit status 1" in result.stderr and "Could not reserve enough space" in result.stderr
     assert "Traceback" not in result.stderr
@@ -141,16 +146,9 @@ def test_a_failing_meteor_is_reported_with_its_message(tmp_path):
     real_java = shutil.which("java")
     if real_java is None:
         pytest.skip("needs java for the tokenizer")
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    java = fake_bin / "java"  # runs the PTB tokenizer, fails METEOR
-    java.write_text(f'#!/bin/sh\ncase "$*" in *PTBTokenizer*) exec "{real_java}" "$@";; esac\n'
-                    "echo 'meteor broke' >&2\nexit 3\n")
-    java.chmod(0o755)
-    write(tmp_path / "refs", "a b c\n\nd e f\n")
-    write(tmp_path / "preds", "a b c\nd e f\n")
-    env = dict(os.environ, PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    result = run(tmp_path / "refs", tmp_path / "preds", env=env)
+    # runs the PTB tokenizer, fails METEOR
+    result = run_with_fake_java(tmp_path, f'case "$*" in *PTBTokenizer*) exec "{real_java}" "$@";; esac\n'
+                                "echo 'meteor broke' >&2\nexit 3\n")
     assert result.returncode == 2
     assert "METEOR failed (java exit status 3): meteor broke" in result.stderr
     assert "Traceback" not in result.stderr
