@@ -260,3 +260,22 @@ def test_capturable_adam_equals_eager_adam():
     for eager, captured, initial in zip(*results, start):
         assert (eager.detach() - initial).abs().max() > 1e-3  # the updates did something
         torch.testing.assert_close(captured.detach(), eager.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_optimizer_state_moves_between_eager_and_capturable_modes():
+    """A resume file written in one mode continues in the other: the step count keeps its value and, for the
+    capturable mode, lives beside the parameters."""
+    from loranlg.optim import AdamW
+
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.full((3,), 0.5)
+    eager = AdamW([param], lr=1e-2)
+    eager.step()
+    eager.step()
+    captured = AdamW([param], lr=1e-2, capturable=True)
+    captured.load_state_dict(eager.state_dict())
+    step = captured.state[param]["step"]
+    assert torch.is_tensor(step) and step.device == param.device and step.item() == 2
+    back = AdamW([param], lr=1e-2)
+    back.load_state_dict(captured.state_dict())
+    assert back.state[param]["step"] == 2 and isinstance(back.state[param]["step"], int)

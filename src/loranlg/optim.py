@@ -52,11 +52,14 @@ class AdamW(torch.optim.Optimizer):
         return [t for state in self.state.values() for t in state.values() if torch.is_tensor(t)]
 
     def load_state_dict(self, state_dict):
+        """Also across modes: a resume file of an eager run continues under CUDA graphs and vice versa."""
         super().load_state_dict(state_dict)
+        for state in self.state.values():
+            # torch keeps a loaded "step" tensor where it was saved (the CPU); a graph needs it on the device
+            steps = int(state["step"])
+            state["step"] = (torch.tensor(float(steps), device=state["exp_avg"].device) if self.capturable
+                             else steps)
         if self.capturable:
-            for state in self.state.values():  # an eager run's integer step count becomes a device tensor
-                if not torch.is_tensor(state["step"]):
-                    state["step"] = torch.tensor(float(state["step"]), device=state["exp_avg"].device)
             self._init_device_state()
 
     @torch.no_grad()
