@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import token_list
 from .errors import InputError
 from .files import atomic_output, check_writable_dir, read_jsonl
 from .model import GPT2Config
@@ -194,14 +195,7 @@ def read_contexts(path, seq_len, eval_len, vocab_size):
     keep = seq_len - eval_len
     contexts, cut = [], 0
     for number, record in read_jsonl(path, required=("context",)):
-        context = record["context"]
-        if not isinstance(context, list) or not context or \
-                not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
-            raise InputError('"context" should be a non-empty list of token ids (an encoded jsonl, see '
-                             'gpt2_encode.py)', path, number)
-        bad = [t for t in context if not 0 <= t < vocab_size]
-        if bad:
-            raise InputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", path, number)
+        context = token_list(record["context"], "context", vocab_size, path, number)
         if len(context) > keep:
             context, cut = context[-keep:], cut + 1
         contexts.append(tuple(context))

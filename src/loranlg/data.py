@@ -26,7 +26,8 @@ from .files import read_jsonl
 FILL_SEED = 911  # the original FT_Dataset's generator for the indices past the last example
 
 
-def _token_list(value, key, vocab_size, path, line):
+def token_list(value, key, vocab_size, path, line):
+    """`value` checked to be a non-empty list of ids inside the vocabulary (an encoded jsonl's field)."""
     if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         raise InputError(f"{key!r} should be a list of token ids (an encoded jsonl, see gpt2_encode.py)",
                          path, line)
@@ -43,8 +44,8 @@ def read_examples(path, seq_len, vocab_size=50257):
     inside seq_len (with its line number); returns the examples and how many get cut to seq_len."""
     examples, truncated = [], 0
     for line, record in read_jsonl(path, required=("context", "completion")):
-        context = _token_list(record["context"], "context", vocab_size, path, line)
-        completion = _token_list(record["completion"], "completion", vocab_size, path, line)
+        context = token_list(record["context"], "context", vocab_size, path, line)
+        completion = token_list(record["completion"], "completion", vocab_size, path, line)
         if len(context) >= seq_len:
             raise InputError(f"the context has {len(context)} tokens, leaving no completion token within "
                              f"--seq_len {seq_len}; raise --seq_len or shorten the context", path, line)
