@@ -24,17 +24,15 @@ import torch  # noqa: E402
 from gpt2_ft import build, build_parser, check_args  # noqa: E402
 from loranlg.distributed import cleanup, setup_distributed  # noqa: E402
 from loranlg.encode import encode_pairs  # noqa: E402
+from loranlg.formats import e2e_examples  # noqa: E402
 from loranlg.tokenizer import GPT2BPE  # noqa: E402
 from loranlg.train import load_datasets, train  # noqa: E402
 
 
 def encode_e2e_valid(shared, out_path):
-    """valid.txt -> encoded jsonl as SPEC 2 (context + 50256, " " + completion + 50256)."""
-    pairs = []
-    with open(os.path.join(shared, "data", "e2e", "valid.txt"), encoding="utf-8") as handle:
-        for line in handle:
-            context, completion = line.rstrip("\n").split("||")
-            pairs.append((context, completion.strip()))
+    """valid.txt -> encoded jsonl, as format_converting_e2e.py + gpt2_encode.py --add_bos --add_eos write it."""
+    pairs = [(ex["context"], ex["completion"])
+             for ex in e2e_examples(os.path.join(shared, "data", "e2e", "valid.txt"))]
     records = encode_pairs(GPT2BPE(os.path.join(shared, "vocab")), pairs, add_bos=True, add_eos=True)
     with open(out_path, "w", encoding="utf-8") as out:
         for record in records:

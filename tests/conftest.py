@@ -44,6 +44,16 @@ def tiny_model(seed=0, **overrides):
     return GPT2LMModel(tiny_config(**overrides)).eval()
 
 
+def encoded_e2e_sample(shared_dir, vocab_dir, stride, count):
+    """Every `stride`-th line of E2E valid.txt (at most `count`), encoded as SPEC 2 says:
+    (bpe(MR) + [50256], bpe(" " + text) + [50256]); written out here as an independent reference."""
+    from loranlg.tokenizer import EOT_ID, GPT2BPE
+    bpe = GPT2BPE(vocab_dir)
+    lines = (shared_dir / "data" / "e2e" / "valid.txt").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("||") for line in lines[::stride][:count]]
+    return [(bpe.encode(mr) + [EOT_ID], bpe.encode(" " + text.strip()) + [EOT_ID]) for mr, text in pairs]
+
+
 def run_script(name, *args, env=None, cwd=None, check=False):
     """Run one of src/*.py or scripts/*.sh as a user would; returns the CompletedProcess."""
     import subprocess

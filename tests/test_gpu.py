@@ -3,13 +3,12 @@
 The CUDA-graph training step must give the numbers of the eager step: same losses, same LoRA weights."""
 
 import json
-import os
 
 import pytest
 import torch
 
 from gpt2_ft import main
-from loranlg.tokenizer import EOT_ID, GPT2BPE
+from conftest import encoded_e2e_sample
 from test_train import write_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -17,10 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def e2e_records(shared_dir, vocab_dir):
-    bpe = GPT2BPE(vocab_dir)
-    lines = (shared_dir / "data" / "e2e" / "valid.txt").read_text(encoding="utf-8").splitlines()
-    pairs = [line.split("||") for line in lines[::37][:64]]  # lengths spread over several graph buckets
-    return [(bpe.encode(mr) + [EOT_ID], bpe.encode(" " + text.strip()) + [EOT_ID]) for mr, text in pairs]
+    return encoded_e2e_sample(shared_dir, vocab_dir, stride=37, count=64)  # lengths over several graph buckets
 
 
 def run(tmp_path, name, data, extra, stop_after_step=None):

@@ -10,22 +10,18 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_script, tiny_config
+from conftest import REPO, encoded_e2e_sample, run_script, tiny_config
 from gpt2_ft import build_parser, check_args, main
 from loranlg import checkpoint, train
 from loranlg.distributed import DistContext
 from loranlg.errors import InputError
-from loranlg.tokenizer import EOT_ID, GPT2BPE
 from test_train import write_jsonl
 
 
 @pytest.fixture(scope="module")
 def e2e_examples(shared_dir, vocab_dir):
-    """The first lines of E2E valid.txt, encoded as SPEC 2 says: bpe(MR)+[50256], bpe(" "+text)+[50256]."""
-    bpe = GPT2BPE(vocab_dir)
-    lines = (shared_dir / "data" / "e2e" / "valid.txt").read_text(encoding="utf-8").splitlines()
-    pairs = [line.split("||") for line in lines[::500][:9]]
-    return [(bpe.encode(mr) + [EOT_ID], bpe.encode(" " + text.strip()) + [EOT_ID]) for mr, text in pairs]
+    """The first lines of E2E valid.txt, encoded."""
+    return encoded_e2e_sample(shared_dir, vocab_dir, stride=500, count=9)
 
 
 def records(work_dir):

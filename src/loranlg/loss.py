@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model import pad_rows
+
 MASK_EPSILON = 1e-4
 
 
@@ -66,9 +68,8 @@ class LMObjective(nn.Module):
                                                                          "c_fc.weight")):
                 p.data = p.data.to(self.autocast_dtype)
         wte = self.model.transformer.wte.weight
-        if not wte.requires_grad:  # padded to a multiple of 64 rows: aligned shapes take cuBLAS's fast kernels
-            padded = -(-wte.shape[0] // 64) * 64
-            self._frozen_head = F.pad(wte.detach(), (0, 0, 0, padded - wte.shape[0])).to(self.autocast_dtype)
+        if not wte.requires_grad:  # padded rows: aligned shapes take cuBLAS's fast kernels
+            self._frozen_head = pad_rows(wte.detach()).to(self.autocast_dtype)
 
     def head_weight(self):
         return self._frozen_head if self._frozen_head is not None else self.model.transformer.wte.weight

@@ -50,6 +50,12 @@ class GPT2Config:
         return self.n_embd // self.n_head
 
 
+def pad_rows(weight, multiple=64):
+    """A copy of `weight` with zero rows appended up to a multiple of `multiple` rows (aligned GEMM shapes)."""
+    rows = -(-weight.shape[0] // multiple) * multiple
+    return F.pad(weight, (0, 0, 0, rows - weight.shape[0]))
+
+
 class KVCache:
     """Preallocated keys and values for generation. Row b holds lengths[b] valid positions.
 
@@ -171,11 +177,7 @@ class GPT2LMModel(nn.Module):
         """Give the head a copy of the embedding padded with zero rows to a multiple of 64: cuBLAS takes its
         fast kernels only for aligned shapes, and 50,257 is odd. Same logits; call it after loading weights
         and choosing the device and dtype, for inference only (the copy does not follow later changes)."""
-        weight = self.transformer.wte.weight.detach()
-        rows = -(-weight.shape[0] // multiple) * multiple
-        padded = weight.new_zeros(rows, weight.shape[1])
-        padded[:weight.shape[0]] = weight
-        self.inference_head = padded
+        self.inference_head = pad_rows(self.transformer.wte.weight.detach(), multiple)
 
     def hidden_states(self, input_ids):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
