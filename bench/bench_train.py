@@ -40,7 +40,8 @@ def encode_e2e_valid(shared, out_path):
     return records
 
 
-MODES = {"eager": ["--no_cuda_graph"], "graph": [], "graph+compile": ["--compile"]}
+MODES = {"eager": ["--no_cuda_graph", "--compile", "off"], "graph": ["--compile", "off"],
+         "graph+compile": ["--compile", "auto"]}  # the last is gpt2_ft.py's default
 
 
 def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph"):

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 
 import torch  # noqa: E402
 
-from loranlg import beam, checkpoint  # noqa: E402
+from loranlg import beam  # noqa: E402
 
 
 def main():
@@ -25,7 +25,9 @@ def main():
     parser.add_argument("--top", type=int, default=20, help="rows listed (20)")
     opts = parser.parse_args()
     torch.manual_seed(0)
-    model = checkpoint.build_model("gpt2.md", device="cuda").to(beam.PRECISIONS[opts.precision]).eval()
+    args = argparse.Namespace(model_card="gpt2.md", lora_dim=0, lora_alpha=128, init_checkpoint=None,
+                              lora_checkpoint=None, precision=opts.precision)
+    model = beam.load_model(args, torch.device("cuda"))  # as gpt2_beam.py builds it (padded head included)
     contexts, _ = beam.read_contexts(opts.data, 512, 64, 50257)
     batch = beam.distinct_batches(contexts, opts.batch)[0]
     settings = beam.BeamSettings(beam=10, eval_len=64, length_penalty=0.8, no_repeat_ngram_size=4,

@@ -1,12 +1,16 @@
 """Where one CUDA-graph training step spends its time: replay-only milliseconds on a fixed batch (the GPU's
 share, no data loading) and the CUDA kernels of a few replays, largest first.
 
-    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--precision bf16] [--length 80]
+    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--precision bf16] [--seed 0]
+
+The batch is 8 examples drawn at random (--seed), as the training sampler draws them: its padded length is
+a typical one (E2E averages 77 tokens padded, 84 with the graph's buckets of 16).
 """
 
 import argparse
 import json
 import os
+import random
 import sys
 import types
 
@@ -28,15 +32,18 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="examples per step (8)")
     parser.add_argument("--replays", type=int, default=100, help="timed replays (100)")
     parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
+    parser.add_argument("--seed", type=int, default=0, help="which random batch (0)")
     opts = parser.parse_args()
 
     torch.manual_seed(0)
     model = checkpoint.build_model(opts.model_card, 4, 32, 0.1).cuda()
     examples = [(r["context"], r["completion"]) for r in map(json.loads, open(opts.data))]
     dataset = data.FTDataset(examples, opts.batch, 512)
-    batch = data.collate([dataset[i] for i in range(0, 8 * opts.batch, 8)], 512)
+    picked = random.Random(opts.seed).sample(range(len(examples)), opts.batch)
+    batch = data.collate([dataset[i] for i in picked], 512, **train.GRAPH_PADDING)
     batch = {k: v.cuda() for k, v in batch.items()}
-    print(f"batch {tuple(batch['input'].shape)}, {int(batch['mask'].sum())} loss positions")
+    print(f"batch {tuple(batch['input'].shape)}, {int(batch['mask'].sum())} loss positions "
+          f"(padded to {len(batch['positions'])})")
     args = types.SimpleNamespace(no_decay_bias=False, lr=2e-4, adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
                                  weight_decay=0.01, correct_bias=True, clip=0.0, label_smooth=0.1)
     optimizer = optim.create_optimizer(model, args, capturable=True)
@@ -46,12 +53,12 @@ def main():
         train.compile_blocks(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = train.graphed_train_step(objective, optimizer, trainable, args)
-    step(batch["input"], batch["target"], batch["mask"])
+    step(batch)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(opts.replays):
-        step(batch["input"], batch["target"], batch["mask"])
+        step(batch)
     end.record()
     torch.cuda.synchronize()
     print(f"replay only: {start.elapsed_time(end) / opts.replays:.3f} ms/step "
@@ -59,9 +66,34 @@ def main():
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            step(batch["input"], batch["target"], batch["mask"])
+            step(batch)
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=opts.top, max_name_column_width=70))
+    averages = prof.key_averages()
+    print(averages.table(sort_by="cuda_time_total", row_limit=opts.top, max_name_column_width=70))
+    print_categories(averages, replays=5)
+
+
+CATEGORIES = [("matrix products", ("gemm", "cutlass", "sm90_xmma", "sm80_xmma", "nvjet", "cublas")),
+              ("attention", ("flash", "fmha", "attention", "cudnn")),
+              ("triton (compiled)", ("triton",)),
+              ("reductions", ("reduce", "softmax", "norm")),
+              ("copies", ("copy", "cat", "index", "gather", "scatter"))]
+
+
+def print_categories(averages, replays):
+    """GPU time per kind of kernel (names matched loosely), per step."""
+    totals, counts = {}, {}
+    for event in averages:
+        if event.device_type != torch.autograd.DeviceType.CUDA or event.self_device_time_total <= 0:
+            continue
+        name = event.key.lower()
+        kind = next((label for label, keys in CATEGORIES if any(k in name for k in keys)), "other elementwise")
+        totals[kind] = totals.get(kind, 0.0) + event.self_device_time_total
+        counts[kind] = counts.get(kind, 0) + event.count
+    print("| kernels | ms/step | launches/step |")
+    print("|---|---|---|")
+    for kind in sorted(totals, key=totals.get, reverse=True):
+        print(f"| {kind} | {totals[kind] / 1000 / replays:.3f} | {counts[kind] / replays:.0f} |")
 
 
 if __name__ == "__main__":

@@ -58,9 +58,11 @@ def build_parser():
     run.add_argument("--no_cuda_graph", action="store_true",
                      help="run every step eagerly; by default one process on a GPU with --grad_acc 1 replays "
                           "each step as a CUDA graph (same numbers, a fraction of the time)")
-    run.add_argument("--compile", action="store_true",
-                     help="also torch.compile the transformer blocks (fuses small kernels; compiling takes a "
-                          "minute or so)")
+    run.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                     help="torch.compile the transformer blocks (fuses small kernels; compiling takes about a "
+                          "minute at the start). auto: with the CUDA-graph step, falling back to the plain "
+                          "graph if compilation fails; on (or --compile alone): also for eager steps; "
+                          "off: never (default auto)")
     run.add_argument("--resume", action="store_true",
                      help="continue from work_dir/resume.pt (weights, optimizer, schedule, step, RNG, data "
                           "position); starts from the beginning when there is none yet")

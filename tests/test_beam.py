@@ -100,6 +100,9 @@ CASES = [
     (3, 1.5, (7,), 1, 0.7, 0, 12, 0.0),
     (6, 0.9, (5, 60), 3, 1.0, 5, 16, 1.2),
     (2, -0.5, (11,), 2, 1.2, 2, 10, 1.0),
+    # Long eval_len and hypotheses that end early: the early stop (read two steps late) has room.
+    (4, 1.0, (5, 9), 2, 1.0, 0, 24, 8.0),
+    (3, 0.0, (5,), 3, 1.0, 0, 30, 6.0),
 ]
 
 

@@ -91,44 +91,69 @@ def test_prefill_and_decode_equal_transformers_on_the_whole_sequence():
     contexts = random_sequences([5, 11, 2], vocab, seed=5)
     steps = random_sequences([4, 4, 4], vocab, seed=6)
     ids, lengths = right_padded(contexts, pad=7)
-    cache = model.new_cache(batch=3, max_len=20)
+    cache = model.new_cache(contexts=3, beams=1, prompt_len=ids.shape[1], steps=4)
     with torch.no_grad():
         logits = model.prefill(ids, lengths, cache)
         for row, context in enumerate(contexts):
             assert_close(logits[row], hub_logits(twin, context)[-1])
         for step in range(4):
-            tokens = torch.tensor([s[step] for s in steps])
+            tokens = torch.tensor([[s[step]] for s in steps])
             logits = model.decode_step(tokens, cache)
+            assert logits.shape == (3, 1, vocab)
             for row, context in enumerate(contexts):
-                assert_close(logits[row], hub_logits(twin, context + steps[row][:step + 1])[-1])
-    assert cache.lengths.tolist() == [9, 15, 6]
+                assert_close(logits[row, 0], hub_logits(twin, context + steps[row][:step + 1])[-1])
+        with pytest.raises(ValueError, match="all are used"):
+            model.decode_step(tokens, cache)
 
 
-def test_reorder_follows_beams_and_each_row_stays_independent():
+def test_beams_that_reorder_see_only_their_own_history():
+    """Beams swap and duplicate as the search keeps its best; each beam's logits stay those of its own
+    context + generated tokens, though no key moves in the cache."""
     model, twin = make_pair(seed=7)
     vocab = model.config.vocab_size
     contexts = random_sequences([6, 3], vocab, seed=8)
     ids, lengths = right_padded(contexts)
-    cache = model.new_cache(batch=2, max_len=16)
-    history = [list(c) for c in contexts]
+    cache = model.new_cache(contexts=2, beams=3, prompt_len=ids.shape[1], steps=4)
+    history = [[list(c) for _ in range(3)] for c in contexts]
+    generator = torch.Generator().manual_seed(9)
+    parents = [torch.tensor([[2, 0, 0], [2, 0, 1]]), torch.tensor([[1, 1, 2], [0, 0, 0]]),
+               torch.tensor([[0, 2, 1], [2, 1, 0]])]
     with torch.no_grad():
         model.prefill(ids, lengths, cache)
-        # Expand two contexts into three beams each, as beam search starts.
-        expand = torch.tensor([0, 0, 0, 1, 1, 1])
-        cache.reorder(expand)
-        history = [list(history[i]) for i in expand.tolist()]
-        generator = torch.Generator().manual_seed(9)
-        for _ in range(3):
-            tokens = torch.randint(0, vocab, (6,), generator=generator)
+        for step in range(4):
+            tokens = torch.randint(0, vocab, (2, 3), generator=generator)
             logits = model.decode_step(tokens, cache)
-            for row in range(6):
-                history[row].append(int(tokens[row]))
-                assert_close(logits[row], hub_logits(twin, history[row])[-1])
-            # Beams swap and duplicate, as the search keeps its best hypotheses.
-            keep = torch.tensor([2, 0, 0, 5, 3, 4])
-            cache.reorder(keep)
-            history = [list(history[i]) for i in keep.tolist()]
-        assert cache.lengths.tolist() == [len(h) for h in history]
+            for n in range(2):
+                for b in range(3):
+                    history[n][b].append(int(tokens[n, b]))
+                    assert_close(logits[n, b], hub_logits(twin, history[n][b])[-1])
+            if step < len(parents):
+                cache.reorder_beams(parents[step])
+                history = [[list(history[n][p]) for p in parents[step][n].tolist()] for n in range(2)]
+
+
+def test_dropping_a_context_keeps_the_others_beams():
+    model, twin = make_pair(seed=15)
+    vocab = model.config.vocab_size
+    contexts = random_sequences([4, 7, 2], vocab, seed=16)
+    ids, lengths = right_padded(contexts)
+    cache = model.new_cache(contexts=3, beams=2, prompt_len=ids.shape[1], steps=3)
+    history = [[list(c), list(c)] for c in contexts]
+    with torch.no_grad():
+        model.prefill(ids, lengths, cache)
+        for step, tokens in enumerate([[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 10], [11, 12]]]):
+            model.decode_step(torch.tensor(tokens), cache)
+            for n in range(3):
+                for b in range(2):
+                    history[n][b].append(tokens[n][b])
+            cache.reorder_beams(torch.tensor([[1, 1], [0, 1], [1, 0]]))
+            history = [[list(history[n][p]) for p in parents] for n, parents in enumerate([[1, 1], [0, 1], [1, 0]])]
+        cache.keep(torch.tensor([2, 0]))
+        logits = model.decode_step(torch.tensor([[13, 14], [15, 16]]), cache)
+        for row, n in enumerate([2, 0]):
+            for b in range(2):
+                expected = hub_logits(twin, history[n][b] + [[13, 14], [15, 16]][row][b:b + 1])[-1]
+                assert_close(logits[row, b], expected)
 
 
 def test_prefill_of_a_padded_batch_equals_each_context_alone():
@@ -136,14 +161,14 @@ def test_prefill_of_a_padded_batch_equals_each_context_alone():
     contexts = random_sequences([8, 1, 5], model.config.vocab_size, seed=11)
     ids, lengths = right_padded(contexts, pad=3)
     with torch.no_grad():
-        batch_cache = model.new_cache(3, 12)
+        batch_cache = model.new_cache(3, 1, ids.shape[1], 2)
         batched = model.prefill(ids, lengths, batch_cache)
-        step = model.decode_step(torch.tensor([1, 2, 3]), batch_cache)
+        step = model.decode_step(torch.tensor([[1], [2], [3]]), batch_cache)
         for row, context in enumerate(contexts):
-            cache = model.new_cache(1, 12)
+            cache = model.new_cache(1, 1, len(context), 2)
             alone = model.prefill(torch.tensor([context]), torch.tensor([len(context)]), cache)
             assert_close(batched[row], alone[0])
-            assert_close(step[row], model.decode_step(torch.tensor([row + 1]), cache)[0])
+            assert_close(step[row], model.decode_step(torch.tensor([[row + 1]]), cache)[0])
 
 
 def test_decode_under_a_lower_precision_cache():
@@ -152,12 +177,12 @@ def test_decode_under_a_lower_precision_cache():
     contexts = random_sequences([4, 6], model.config.vocab_size, seed=13)
     ids, lengths = right_padded(contexts)
     with torch.no_grad():
-        exact_cache = model.new_cache(2, 10)
+        exact_cache = model.new_cache(2, 2, ids.shape[1], 1)
         model.prefill(ids, lengths, exact_cache)
-        exact = model.decode_step(torch.tensor([1, 2]), exact_cache)
-        low_cache = model.new_cache(2, 10, dtype=torch.bfloat16)
+        exact = model.decode_step(torch.tensor([[1, 2], [3, 4]]), exact_cache)
+        low_cache = model.new_cache(2, 2, ids.shape[1], 1, dtype=torch.bfloat16)
         model.prefill(ids, lengths, low_cache)
-        low = model.decode_step(torch.tensor([1, 2]), low_cache)
+        low = model.decode_step(torch.tensor([[1, 2], [3, 4]]), low_cache)
     assert low.dtype == torch.float32
     assert (low - exact).abs().max() < 0.1 * exact.abs().max()
 

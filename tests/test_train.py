@@ -49,14 +49,22 @@ def hand_loss(logits, target, mask, s):
 
 # ------------------------------------------------------------------ loss
 
-@pytest.mark.parametrize("s", [0.0, 0.1])
-def test_masked_loss_equals_full_logits_formula(s):
+def loss_positions(mask, pad=0):
+    """The loss positions and weights of a mask, as collate gives them, plus `pad` entries of weight 0."""
+    found = mask.reshape(-1).nonzero().squeeze(1)
+    positions = torch.cat((found, torch.zeros(pad, dtype=torch.long)))
+    weights = torch.cat((mask.reshape(-1)[found], torch.zeros(pad)))
+    return positions, weights
+
+
+@pytest.mark.parametrize("s, pad", [(0.0, 0), (0.1, 0), (0.1, 5)])
+def test_masked_loss_equals_full_logits_formula(s, pad):
     torch.manual_seed(0)
     hidden = torch.randn(3, 7, 16, requires_grad=True)
     weight = torch.randn(50, 16)
     target = torch.randint(0, 50, (3, 7))
     mask = (torch.rand(3, 7) > 0.4).float()
-    got = loss.masked_lm_loss(hidden, weight, target, mask, label_smooth=s)
+    got = loss.masked_lm_loss(hidden, weight, target, *loss_positions(mask, pad), label_smooth=s)
     want = hand_loss(hidden @ weight.t(), target, mask, s)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     grad_got, = torch.autograd.grad(got, hidden)
@@ -80,6 +88,17 @@ def test_collate_builds_spec_mask_and_cuts_long_examples():
     assert batch["target"].tolist() == [[12, 13, 21, 22, 23]]
     assert batch["mask"].tolist() == [[0, 0, 1, 1, 0]]
     assert batch["positions"].tolist() == [2, 3]
+    assert batch["weights"].tolist() == [1, 1]
+
+
+def test_collate_pads_length_and_loss_positions_to_multiples():
+    items = [([11, 12, 13], [21, 22, 23]), ([31, 32], [41])]
+    ds = data.FTDataset(items, batch_size=2, seq_len=10)
+    batch = data.collate([ds[0], ds[1]], seq_len=10, length_multiple=4, positions_multiple=3)
+    assert batch["input"].tolist() == [[11, 12, 13, 21, 22, 23, 0, 0], [31, 32, 41, 0, 0, 0, 0, 0]]
+    assert batch["mask"].tolist() == [[0, 0, 1, 1, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]]
+    assert batch["positions"].tolist() == [2, 3, 4, 9, 0, 0]  # flat indices at width 8, then padding
+    assert batch["weights"].tolist() == [1, 1, 1, 1, 0, 0]
 
 
 def test_padding_to_longest_equals_padding_to_seq_len():
@@ -94,16 +113,18 @@ def test_padding_to_longest_equals_padding_to_seq_len():
     items = [(random_ids(rng, 1, 6), random_ids(rng, 1, 9)) for _ in range(5)]
     ds = data.FTDataset(items, batch_size=5, seq_len=40)
     results = []
-    for pad_to in (None, 40):
-        batch = data.collate([ds[i] for i in range(5)], seq_len=40, pad_to=pad_to)
-        value = objective(batch["input"], batch["target"], batch["mask"], batch["positions"], 0.1)
+    # to the longest; to seq_len; to multiples of 16 tokens and 64 loss positions, as the CUDA-graph step
+    for padding in ({}, {"pad_to": 40}, {"length_multiple": 16, "positions_multiple": 64}):
+        batch = data.collate([ds[i] for i in range(5)], seq_len=40, **padding)
+        value = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.1)
         grads = torch.autograd.grad(value, [p for p in model.parameters() if p.requires_grad])
-        results.append((batch["input"].shape[1], value, grads))
-    (short_len, short_loss, short_grads), (long_len, long_loss, long_grads) = results
-    assert short_len < long_len == 40
-    torch.testing.assert_close(short_loss, long_loss, rtol=1e-6, atol=0)
-    for a, b in zip(short_grads, long_grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        results.append((batch["input"].shape[1], len(batch["positions"]), value, grads))
+    (short_len, count, short_loss, short_grads), (long_len, _, long_loss, long_grads) = results[:2]
+    assert short_len < long_len == 40 and results[2][:2] == (16, 64) and count < 64
+    for length, _, value, grads in results[1:]:
+        torch.testing.assert_close(short_loss, value, rtol=1e-6, atol=0)
+        for a, b in zip(short_grads, grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     # and both equal the original's formula on full logits at seq_len padding
     inputs, targets, mask = hand_batch(items, 40)
     assert hand_loss(model(inputs), targets, mask, 0.1).item() == pytest.approx(long_loss.item(), rel=1e-5)
@@ -231,11 +252,12 @@ def test_bf16_objective_with_stored_frozen_matrices_equals_plain_autocast():
     ids = torch.randint(0, 97, (2, 7))
     mask = torch.zeros(2, 7)
     mask[:, 3:6] = 1
-    plain = LMObjective(model, "bf16")(ids, ids.roll(-1, 1), mask, None, 0.1)
+    plain = LMObjective(model, "bf16")(ids, ids.roll(-1, 1), *loss_positions(mask), 0.1)
     stored = LMObjective(model, "bf16")
     stored.store_frozen_matrices()
     assert stored.head_weight().shape[0] == 128 and model.transformer.h[0].mlp.c_fc.weight.dtype == torch.bfloat16
-    torch.testing.assert_close(stored(ids, ids.roll(-1, 1), mask, None, 0.1), plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stored(ids, ids.roll(-1, 1), *loss_positions(mask), 0.1), plain, rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_capturable_adam_equals_eager_adam():

@@ -10,10 +10,12 @@ beam is one. A hypothesis replaces the best only when strictly better. The outpu
 ids right-padded with 0 to eval_len.
 
 Here many contexts of different lengths share one batch: they are right-padded to the longest, the key/value
-cache holds each row's own prefix, and every step is a handful of tensor operations over all rows (no loop
-over beams or the vocabulary). A context stops being computed once no future hypothesis can beat its best.
+cache (kv_cache.py) holds each context's prompt once and each beam's generated keys where they were written,
+and every step is a handful of tensor operations over all rows (no loop over beams or the vocabulary). A
+context stops being computed once no future hypothesis can beat its best.
 """
 
+import collections
 import json
 import os
 import sys
@@ -21,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .data import token_list
 from .errors import InputError
@@ -128,55 +131,98 @@ def score_dtype(model):
     return torch.float64 if model.transformer.wte.weight.dtype == torch.float64 else torch.float32
 
 
+class LaggedFlags:
+    """Per-context "finished" flags copied to the host without waiting, and read two steps later: the host
+    then never stalls on the step it has just queued. Late is safe: a context that cannot improve its best
+    hypothesis keeps it however long it is still computed (BestHypotheses.can_improve)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.pending = collections.deque()
+
+    def post(self, flags):
+        if self.device.type == "cuda":
+            host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = flags.clone(), None
+        self.pending.append((host, event))
+
+    def take(self):
+        """The oldest flags once two steps have been posted after them, else None."""
+        if len(self.pending) < 2:
+            return None
+        host, event = self.pending.popleft()
+        if event is not None:
+            event.synchronize()
+        return host.tolist()
+
+    def clear(self):  # the rows they describe have moved
+        self.pending.clear()
+
+
+# cuDNN's attention is left out: it builds an execution plan for every new shape, and the number of keys
+# grows at every step (about 40 ms a step on an H100, and a second to load the library).
+ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 @torch.no_grad()
 def beam_search(model, contexts, settings, early_stop=True, stats=None):
     """Decode a batch of contexts (lists of ids); returns one list of eval_len ids per context."""
+    with sdpa_kernel(ATTENTION_KERNELS):
+        return _beam_search(model, contexts, settings, early_stop, stats)
+
+
+def _beam_search(model, contexts, settings, early_stop, stats):
     device = model.transformer.wte.weight.device
     dtype = score_dtype(model)
     beams, eval_len = settings.beam, settings.eval_len
     ids, lengths = pad_contexts(contexts, device)
-    cache = model.new_cache(len(contexts), ids.shape[1] + eval_len - 1, device)
+    cache = model.new_cache(len(contexts), beams, ids.shape[1], eval_len - 1, device)
     logp = log_probs(model.prefill(ids, lengths, cache), None, settings, dtype)
     vocab = logp.shape[-1]
     if beams > vocab:
         raise InputError(f"--beam {beams} is larger than the vocabulary ({vocab})")
-    beam_scores, tokens = torch.topk(logp, beams, dim=1, largest=True, sorted=True)
-    # Cache rows are selected lazily: expansion into beams, beam reordering and dropping finished contexts
-    # compose into one index_select before the next decode step.
-    cache_rows = torch.arange(len(contexts), device=device).repeat_interleave(beams)
-    history = tokens.reshape(-1, 1)
+    beam_scores, tokens = torch.topk(logp, beams, dim=1, largest=True, sorted=True)  # [N, B]
+    history = tokens.reshape(-1, 1)  # [N*B, steps]
     eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=device)
     best = BestHypotheses(len(contexts), eval_len, settings.length_penalty, device, dtype)
     beam_scores = best.add(beam_scores, history, torch.isin(tokens, eos))
 
     results = [None] * len(contexts)
     active = list(range(len(contexts)))  # batch row -> position in `contexts`
+    finished = LaggedFlags(device) if early_stop else None
     context_steps = len(contexts)
     for step in range(1, eval_len):
-        if early_stop:
-            improvable = best.can_improve(beam_scores, step).tolist()
-            if not all(improvable):
-                for row, position in enumerate(active):
-                    if not improvable[row]:
-                        results[position] = best.ids[row].tolist()
-                active = [p for p, keep in zip(active, improvable) if keep]
-                if not active:
-                    break
-                keep = torch.tensor(improvable, device=device).nonzero().flatten()
-                best.keep(keep)
-                beam_scores = beam_scores[keep]
-                rows = (keep[:, None] * beams + torch.arange(beams, device=device)).flatten()
-                history = history[rows]
-                cache_rows = cache_rows[rows]
+        done = finished.take() if finished is not None else None
+        if done is not None and sum(done) * 4 >= len(done):  # all, or enough to be worth copying the cache
+            for row, position in enumerate(active):
+                if done[row]:
+                    results[position] = best.ids[row].tolist()
+            active = [p for p, gone in zip(active, done) if not gone]
+            if not active:
+                break
+            keep = torch.tensor([row for row, gone in enumerate(done) if not gone], device=device)
+            best.keep(keep)
+            beam_scores, tokens = beam_scores[keep], tokens[keep]
+            history = history.view(len(done), beams, -1)[keep].flatten(0, 1)
+            cache.keep(keep)
+            finished.clear()
         count = len(active)
-        cache.reorder(cache_rows)
-        logp = log_probs(model.decode_step(history[:, -1], cache), history, settings, dtype)
+        logits = model.decode_step(tokens, cache).reshape(count * beams, -1)
+        logp = log_probs(logits, history, settings, dtype)
         candidates = (beam_scores.reshape(-1, 1) + logp).view(count, beams * vocab)
         beam_scores, flat = torch.topk(candidates, beams, dim=1, largest=True, sorted=True)
-        cache_rows = (flat // vocab + torch.arange(count, device=device)[:, None] * beams).flatten()
-        tokens = flat % vocab
-        history = torch.cat((history[cache_rows], tokens.reshape(-1, 1)), dim=1)
+        parents = torch.div(flat, vocab, rounding_mode="floor")
+        tokens = flat - parents * vocab
+        cache.reorder_beams(parents)
+        rows = (parents + torch.arange(count, device=device)[:, None] * beams).flatten()
+        history = torch.cat((history[rows], tokens.reshape(-1, 1)), dim=1)
         beam_scores = best.add(beam_scores, history, torch.isin(tokens, eos))
+        if finished is not None:
+            finished.post(~best.can_improve(beam_scores, step + 1))
         context_steps += count
     if active:
         if history.shape[1] == eval_len:  # the final flush: every beam left is a hypothesis

@@ -78,11 +78,17 @@ class FTDataset:
         return (context + completion)[:self.seq_len + 1], len(context)
 
 
-def collate(items, seq_len, pad_to=None):
-    """Input, target, mask [B, T] with T the longest input of the batch (or pad_to), plus the flat indices of
-    the loss positions. Padding is 0 in all three, as the original's."""
+def round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+def collate(items, seq_len, pad_to=None, length_multiple=1, positions_multiple=1):
+    """Input, target, mask [B, T] with T the longest input of the batch rounded up to length_multiple (or
+    pad_to); padding is 0 in all three, as the original's. Plus the loss positions: flat indices into B*T of
+    the mask's non-zero entries and their mask values (`weights`), padded with index 0 and weight 0 to a
+    multiple of positions_multiple (the CUDA-graph step needs few distinct shapes)."""
     input_lengths = [min(len(tokens), seq_len) for tokens, _ in items]
-    width = pad_to or max(input_lengths)
+    width = pad_to or round_up(max(input_lengths), length_multiple)
     batch = len(items)
     inputs = torch.zeros(batch, width, dtype=torch.long)
     targets = torch.zeros(batch, width, dtype=torch.long)
@@ -92,8 +98,13 @@ def collate(items, seq_len, pad_to=None):
         shifted = tokens[1:length + 1]
         targets[row, :len(shifted)] = torch.tensor(shifted)
         mask[row, context_len - 1:length - 1] = 1.0
-    positions = mask.reshape(-1).nonzero().squeeze(1)
-    return {"input": inputs, "target": targets, "mask": mask, "positions": positions}
+    found = mask.reshape(-1).nonzero().squeeze(1)
+    count = round_up(max(len(found), 1), positions_multiple)
+    positions = torch.zeros(count, dtype=torch.long)
+    positions[:len(found)] = found
+    weights = torch.zeros(count, dtype=torch.float)
+    weights[:len(found)] = mask.reshape(-1)[found]
+    return {"input": inputs, "target": targets, "mask": mask, "positions": positions, "weights": weights}
 
 
 def make_sampler(dataset, ctx, seed):
@@ -109,11 +120,11 @@ def batch_indices(sampler, batch_size, epoch=None, drop_last=True):
     return [indices[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def iterate_batches(dataset, batches, start=0, device=None):
-    """(batch number from 0, batch on device) from batch `start` on. Skipped batches fetch nothing, so the
-    dataset's fill generator advances exactly as in an uninterrupted run."""
+def iterate_batches(dataset, batches, start=0, device=None, **padding):
+    """(batch number from 0, batch on device) from batch `start` on; `padding`: collate's multiples. Skipped
+    batches fetch nothing, so the dataset's fill generator advances exactly as in an uninterrupted run."""
     for number in range(start, len(batches)):
-        batch = collate([dataset[i] for i in batches[number]], dataset.seq_len)
+        batch = collate([dataset[i] for i in batches[number]], dataset.seq_len, **padding)
         if device is not None and device.type == "cuda":
             # pinned memory: the copy is queued without waiting for the GPU to finish the previous step
             batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}

@@ -70,23 +70,22 @@ class LoRAQKV(nn.Module):
             self.weight -= self.delta_weight().to(self.weight.dtype)
             self.merged = False
 
-    def lora_output(self, x):
-        """scaling * dropout(x) A^T B^T for the enabled slices, as [.., n, d]."""
+    def expanded_B(self):
+        """lora_B laid over the 3d outputs, [3d, n*r]: B_s in the rows of its slice and the columns of its
+        rank block, zeros elsewhere; then x A^T (expanded B)^T is every slice's update in one product."""
         n, d, r = len(self.enabled), self.d, self.r
-        a = F.linear(self.lora_dropout(x), self.lora_A)  # [.., n*r]
-        a = a.unflatten(-1, (n, r))
-        b = self.lora_B.view(n, d, r)
-        return self.scaling * torch.einsum("...nr,ndr->...nd", a, b)
+        full = self.lora_B.new_zeros(3, d, n, r)
+        for s, i in enumerate(self.enabled):
+            full[i, :, s] = self.lora_B[s * d:(s + 1) * d]
+        return full.view(3 * d, n * r)
 
     def forward(self, x):
         out = F.linear(x, self.weight.t(), self.bias)
         if self.r > 0 and not self.merged:
-            delta = self.lora_output(x)
-            out = out.unflatten(-1, (3, self.d))
-            parts = list(out.unbind(-2))
-            for s, i in enumerate(self.enabled):
-                parts[i] = parts[i] + delta[..., s, :]
-            out = torch.stack(parts, dim=-2).flatten(-2)
+            # out + scaling * dropout(x) A^T B^T as one addmm: no split of q|k|v, no stacking back.
+            a = F.linear(self.lora_dropout(x), self.lora_A)  # [.., n*r]
+            out = torch.addmm(out.flatten(0, -2), a.flatten(0, -2), self.expanded_B().t(),
+                              alpha=self.scaling).view(out.shape)
         return out
 
     def extra_repr(self):

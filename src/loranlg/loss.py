@@ -17,11 +17,6 @@ from .model import pad_rows
 MASK_EPSILON = 1e-4
 
 
-def loss_positions(mask):
-    """Flat indices (into B*T) of the positions with a non-zero mask. Computed once per batch on the host."""
-    return mask.reshape(-1).nonzero().squeeze(1)
-
-
 def position_losses(logits, targets, label_smooth=0.0):
     """(1 - s) * NLL + s * mean_v(-log p) per row of logits [N, V], in fp32.
 
@@ -30,21 +25,18 @@ def position_losses(logits, targets, label_smooth=0.0):
     return F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=label_smooth)
 
 
-def masked_lm_loss(hidden, head_weight, target, mask, positions=None, label_smooth=0.0, head_dtype=torch.float32,
+def masked_lm_loss(hidden, head_weight, target, positions, weights, label_smooth=0.0, head_dtype=torch.float32,
                    vocab_size=None):
     """The batch loss from the final hidden states [B, T, d] and the (tied) head weight [V, d].
 
-    positions: flat indices of the positions to score; those with mask 0 add nothing (a CUDA graph passes all
-    positions, since the masked ones vary in number). vocab_size: the real vocabulary when head_weight has
-    padding rows."""
-    if positions is None:
-        positions = loss_positions(mask)
+    positions: flat indices into B*T of the loss positions, weights: their mask values (collate gives both;
+    entries of weight 0 pad them to a fixed count and add nothing). sum(weights) is the original's sum(mask).
+    vocab_size: the real vocabulary when head_weight has padding rows."""
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         logits = F.linear(picked.to(head_dtype), head_weight.to(head_dtype))[:, :vocab_size]
     losses = position_losses(logits, target.reshape(-1).index_select(0, positions), label_smooth)
-    weights = mask.reshape(-1).index_select(0, positions).float()
-    return (losses * weights).sum() / (mask.float().sum() + MASK_EPSILON)
+    return (losses * weights).sum() / (weights.sum() + MASK_EPSILON)
 
 
 class LMObjective(nn.Module):
@@ -74,10 +66,10 @@ class LMObjective(nn.Module):
     def head_weight(self):
         return self._frozen_head if self._frozen_head is not None else self.model.transformer.wte.weight
 
-    def forward(self, input, target, mask, positions=None, label_smooth=0.0):
+    def forward(self, input, target, positions, weights, label_smooth=0.0):
         device_type = input.device.type
         with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             hidden = self.model.hidden_states(input)
-        return masked_lm_loss(hidden, self.head_weight(), target, mask, positions, label_smooth,
+        return masked_lm_loss(hidden, self.head_weight(), target, positions, weights, label_smooth,
                               self.autocast_dtype or torch.float32, self.model.config.vocab_size)

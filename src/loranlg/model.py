@@ -3,8 +3,8 @@ LM head tied to the token embedding, no dropout anywhere but on the LoRA input.
 
 Three ways to run it:
   model(ids)                          full causal pass -> logits [B, T, V] (training, scoring)
-  model.prefill(ids, lengths, cache)  right-padded contexts -> next-token logits [B, V], fills the cache
-  model.decode_step(tokens, cache)    one new token per row, each at its own position -> logits [B, V]
+  model.prefill(ids, lengths, cache)  right-padded prompts [N, P] -> next-token logits [N, V], fills the cache
+  model.decode_step(tokens, cache)    one new token per beam [N, B] -> logits [N, B, V] (kv_cache.py)
 Right padding plus causal attention means a padded row computes exactly what the row would alone.
 """
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kv_cache import BeamCache
 from .lora import LoRAQKV
 
 CARDS = {
@@ -56,31 +57,6 @@ def pad_rows(weight, multiple=64):
     return F.pad(weight, (0, 0, 0, rows - weight.shape[0]))
 
 
-class KVCache:
-    """Preallocated keys and values for generation. Row b holds lengths[b] valid positions.
-
-    Rows come first ([B, layer, k|v, H, T, hd]) so that reordering beams copies whole contiguous rows:
-    index_select on an inner dimension takes a gather kernel several times slower."""
-
-    def __init__(self, config, batch, max_len, device=None, dtype=torch.float32):
-        shape = (batch, config.n_layer, 2, config.n_head, max_len, config.head_dim)
-        self.kv = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-
-    @property
-    def max_len(self):
-        return self.kv.shape[4]
-
-    def layer(self, index):
-        """(keys, values) of one layer, each [B, H, T, hd]."""
-        return self.kv[:, index, 0], self.kv[:, index, 1]
-
-    def reorder(self, index):
-        """Keep rows `index` (beam reordering, or expanding contexts into beams with repeat_interleave)."""
-        self.kv = self.kv.index_select(0, index)
-        self.lengths = self.lengths.index_select(0, index)
-
-
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -89,22 +65,14 @@ class Attention(nn.Module):
                               config.lora_dropout, config.lora_slices)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
 
-    def forward(self, x, cache=None, layer=0, write_at=None, key_mask=None):
+    def forward(self, x, cache=None, layer=0):
         batch, length, width = x.shape
         qkv = self.c_attn(x).view(batch, length, 3, self.n_head, width // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
-        if write_at is None:
-            if cache is not None:
-                keys, values = cache.layer(layer)
-                keys[:, :, :length] = k
-                values[:, :, :length] = v
+        if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            rows = torch.arange(batch, device=x.device)
-            keys, values = cache.layer(layer)
-            keys[rows, :, write_at] = k[:, :, 0].to(keys.dtype)  # autocast may hand us another dtype
-            values[rows, :, write_at] = v[:, :, 0].to(values.dtype)
-            y = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=key_mask).to(q.dtype)
+            y = cache.attend(layer, q, k, v)
         return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -154,10 +122,10 @@ class GPT2Model(nn.Module):
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
 
-    def forward(self, input_ids, positions, cache=None, write_at=None, key_mask=None):
+    def forward(self, input_ids, positions, cache=None):
         x = self.wte(input_ids) + self.wpe(positions)
         for index, block in enumerate(self.h):
-            x = block(x, cache=cache, layer=index, write_at=write_at, key_mask=key_mask)
+            x = block(x, cache=cache, layer=index)
         return self.ln_f(x)
 
 
@@ -186,23 +154,24 @@ class GPT2LMModel(nn.Module):
     def forward(self, input_ids):
         return self.lm_logits(self.hidden_states(input_ids))
 
-    def new_cache(self, batch, max_len, device=None, dtype=None):
+    def new_cache(self, contexts, beams, prompt_len, steps, device=None, dtype=None):
+        """A BeamCache for `contexts` prompts right-padded to prompt_len, `beams` beams each, `steps` tokens."""
         weight = self.transformer.wte.weight
-        return KVCache(self.config, batch, max_len, device or weight.device, dtype or weight.dtype)
+        return BeamCache(self.config, contexts, beams, prompt_len, steps, device or weight.device,
+                         dtype or weight.dtype)
 
     def prefill(self, input_ids, lengths, cache):
-        """Contexts right-padded to one length; returns the logits after each row's last real token."""
+        """Prompts right-padded to one length [N, P]; returns the logits after each one's last token [N, V]."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = self.transformer(input_ids, positions, cache=cache)
         cache.lengths = lengths.to(cache.lengths.device, torch.long).clone()
+        cache.prefilled = True
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         return self.lm_logits(hidden[rows, lengths.to(input_ids.device) - 1])
 
     def decode_step(self, tokens, cache):
-        """Append one token per row at position lengths[row]; returns next-token logits [B, V]."""
-        position = cache.lengths
-        key_mask = (torch.arange(cache.max_len, device=tokens.device) <= position[:, None])[:, None, None, :]
-        hidden = self.transformer(tokens[:, None], position[:, None], cache=cache,
-                                  write_at=position, key_mask=key_mask)
-        cache.lengths = position + 1
-        return self.lm_logits(hidden[:, 0])
+        """One new token per beam [N, B], appended after each beam's own history; logits [N, B, V]."""
+        cache.begin_step()
+        hidden = self.transformer(tokens, cache.positions(), cache=cache)
+        cache.end_step()
+        return self.lm_logits(hidden)

@@ -136,7 +136,7 @@ def evaluate(objective, valid_set, valid_batches, ctx):
     total = torch.zeros((), dtype=torch.float64, device=ctx.device)
     with torch.no_grad():
         for _, batch in data.iterate_batches(valid_set, valid_batches, device=ctx.device):
-            total += objective(batch["input"], batch["target"], batch["mask"], batch["positions"], 0.0).double()
+            total += objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.0).double()
     objective.train()
     loss = all_reduce_mean(total.item() / max(1, len(valid_batches)), ctx)
     return loss, math.exp(min(loss, 700.0))
@@ -161,13 +161,16 @@ def cuda_graphs_usable(args, ctx):
     return why_no_graphs(args, ctx) is None
 
 
+# How the CUDA-graph step pads batches (data.collate): few shapes, so few graphs to capture.
+GRAPH_PADDING = {"length_multiple": 16, "positions_multiple": 64}
+
+
 def graphed_train_step(objective, optimizer, trainable, args):
-    """The whole optimizer step as a CUDA graph per padded length (graphed_step.py)."""
+    """The whole optimizer step as a CUDA graph per padded batch shape (graphed_step.py)."""
     from .graphed_step import GraphedTrainStep
 
-    def step(ids, targets, mask):
-        positions = torch.arange(ids.numel(), device=ids.device)  # all of them: a static shape
-        loss = objective(ids, targets, mask, positions, args.label_smooth)
+    def step(ids, targets, positions, weights):
+        loss = objective(ids, targets, positions, weights, args.label_smooth)
         loss.backward()
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, args.clip)
@@ -177,10 +180,28 @@ def graphed_train_step(objective, optimizer, trainable, args):
     return GraphedTrainStep(step, trainable, protect=trainable + optimizer.state_tensors())
 
 
+def wants_compile(args, use_graphs):
+    """--compile auto: with the CUDA-graph step (where fusing its ~1,300 small kernels pays); on / off."""
+    choice = getattr(args, "compile", "off") or "off"
+    return choice == "on" or (choice == "auto" and use_graphs)
+
+
 def compile_blocks(model):
-    """torch.compile each transformer block (one compiled graph serves all, with a dynamic length)."""
+    """torch.compile each transformer block (one compiled graph serves all, with a dynamic length).
+    Compilation happens at the first call; False when this PyTorch cannot compile at all."""
+    try:
+        for block in model.transformer.h:
+            block.compile(dynamic=True)
+    except Exception:  # e.g. no torch.compile for this Python version
+        uncompile_blocks(model)
+        return False
+    return True
+
+
+def uncompile_blocks(model):
     for block in model.transformer.h:
-        block.compile(dynamic=True)
+        block._compiled_call_impl = None  # what nn.Module.compile set; None runs the module eagerly again
+    torch._dynamo.reset()
 
 
 def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_step=None, log=print):
@@ -207,8 +228,10 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
     objective = LMObjective(model, args.precision)
     if ctx.device.type == "cuda":
         objective.store_frozen_matrices()
-    if getattr(args, "compile", False):
-        compile_blocks(model)
+    compiled = wants_compile(args, use_graphs) and compile_blocks(model)
+    if wants_compile(args, use_graphs):
+        say(f"torch.compile: {'on (the first steps compile, about a minute)' if compiled else 'not available here'}")
+    padding = GRAPH_PADDING if use_graphs else {}
     graphed = None  # made after a resume has loaded the optimizer state that the graphs capture
     runner = objective
     if ctx.distributed:
@@ -319,18 +342,28 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
     try:
         while True:
             batches = data.batch_indices(train_sampler, args.train_batch_size, epoch=epoch)
-            for number, batch in data.iterate_batches(train_set, batches, start_batch, ctx.device):
+            for number, batch in data.iterate_batches(train_set, batches, start_batch, ctx.device, **padding):
                 train_step += 1
                 is_update = train_step % args.grad_acc == 0
                 sync = contextlib.nullcontext() if is_update or not ctx.distributed else runner.no_sync()
                 if use_graphs:
                     if graphed is None:
                         graphed = graphed_train_step(objective, optimizer, trainable, args)
-                    # forward, backward and the update in one replay; the loss buffer is reused: copy it
-                    loss = graphed(batch["input"], batch["target"], batch["mask"]).clone()
+                    try:  # forward, backward and the update in one replay; the loss buffer is reused: copy it
+                        loss = graphed(batch).clone()
+                    except Exception as err:
+                        if not compiled:
+                            raise
+                        bar.clear()
+                        say(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                            "going on without it (--compile off skips it)")
+                        uncompile_blocks(model)
+                        compiled = False
+                        graphed = graphed_train_step(objective, optimizer, trainable, args)
+                        loss = graphed(batch).clone()
                 else:
                     with sync:
-                        loss = runner(batch["input"], batch["target"], batch["mask"], batch["positions"],
+                        loss = runner(batch["input"], batch["target"], batch["positions"], batch["weights"],
                                       args.label_smooth)
                         scaled = loss / args.grad_acc
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
