@@ -1,7 +1,7 @@
 """Training speed of gpt2_ft.py's own loop: GPT-2 medium shapes with random weights, LoRA r=4 on q,v (the E2E
 recipe), batch 8, E2E valid.txt encoded as the training data, at fp32 and bf16.
 
-    python bench/bench_train.py [--shared ../shared] [--steps 100] [--warmup 20] [--precisions fp32,bf16]
+    python bench/bench_train.py [--shared ../shared] [--steps 400] [--warmup 600] [--precisions fp32,bf16]
     torchrun --nproc_per_node=2 bench/bench_train.py ...       # the same per GPU, on 2 GPUs
 
 It runs loranlg.train.train itself (the whole step: data, forward, loss, backward, Adam, schedule) and reads
@@ -10,11 +10,13 @@ all ranks. SPEC 11: the original takes 285 ms a step (fp32, padded to 512).
 """
 
 import argparse
+import gc
 import json
 import os
 import statistics
 import sys
 import tempfile
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))
@@ -26,6 +28,7 @@ from loranlg.distributed import cleanup, setup_distributed  # noqa: E402
 from loranlg.encode import encode_pairs  # noqa: E402
 from loranlg.formats import e2e_examples  # noqa: E402
 from loranlg.tokenizer import GPT2BPE  # noqa: E402
+from loranlg import train as train_module  # noqa: E402
 from loranlg.train import load_datasets, train  # noqa: E402
 
 
@@ -40,6 +43,7 @@ def encode_e2e_valid(shared, out_path):
     return records
 
 
+LOG_EVERY = 20  # steps per metrics record (and host sync); --warmup and --steps are multiples of it
 MODES = {"eager": ["--no_cuda_graph", "--compile", "off"], "graph": ["--compile", "off"],
          "graph+compile": ["--compile", "auto"]}  # the last is gpt2_ft.py's default
 
@@ -49,7 +53,7 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
             "--lora_alpha", "32", "--lora_dropout", "0.1", "--label_smooth", "0.1", "--train_batch_size", str(batch),
             "--lr", "2e-4", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
             "--warmup_step", "500", "--random_seed", "110", "--precision", precision,
-            "--max_step", str(warmup + steps), "--log_interval", str(warmup), "--eval_interval", "1000000",
+            "--max_step", str(warmup + steps), "--log_interval", str(LOG_EVERY), "--eval_interval", "1000000",
             "--save_interval", "1000000", "--work_dir", work_dir]
     argv += MODES[mode]
     if ctx.device.type == "cpu":
@@ -60,16 +64,24 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
     train_set, valid_set, _ = load_datasets(args)
     model = build(args, ctx, quiet)
     if ctx.device.type == "cuda":
+        torch._dynamo.reset()  # compiled code of an earlier run holds its model: free it for a clean peak
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, log=quiet)
+    start = time.perf_counter()
+    summary = train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, log=quiet)
+    wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else float("nan")
     if not ctx.is_main:
-        return float("nan"), float("nan"), peak
+        return None
     with open(os.path.join(work_dir, "metrics.jsonl")) as handle:
         times = [r["ms"] for r in map(json.loads, handle) if "ms" in r and r["step"] > warmup]
     tokens_per_example = statistics.mean(len(c) + len(x) for c, x in train_set.examples)
-    ms = statistics.mean(times)
-    return ms, tokens_per_example * batch * ctx.world_size / (ms / 1000), peak
+    # Steady state: the median 20-step window (a window where a new batch shape is captured is an outlier).
+    ms = statistics.median(times)
+    return dict(ms=ms, mean_ms=statistics.mean(times), peak=peak, graphs=summary["graphs"],
+                tokens=tokens_per_example * batch * ctx.world_size / (ms / 1000),
+                startup=wall - (warmup + steps) * ms / 1000)  # compilation, graph captures, evaluation
 
 
 def main():
@@ -78,14 +90,21 @@ def main():
                         help="the shared data directory (vocab/, data/e2e/valid.txt)")
     parser.add_argument("--model_card", default="gpt2.md", help="model size (gpt2.md)")
     parser.add_argument("--batch", type=int, default=8, help="examples per step and GPU (8)")
-    parser.add_argument("--warmup", type=int, default=20, help="steps not timed (20)")
-    parser.add_argument("--steps", type=int, default=100, help="steps timed (100, a multiple of --warmup)")
+    parser.add_argument("--warmup", type=int, default=600,
+                        help="steps not timed (600: one epoch of E2E valid, so that the CUDA graphs of every batch "
+                             "shape are captured and the blocks compiled before timing; a multiple of 20)")
+    parser.add_argument("--steps", type=int, default=400, help="steps timed (400, a multiple of 20)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated (fp32,bf16)")
     parser.add_argument("--modes", default="eager,graph",
                         help=f"comma-separated, of {', '.join(MODES)} (eager,graph)")
+    parser.add_argument("--layouts", default="packed",
+                        help="comma-separated batch layouts of the CUDA-graph modes: packed (gpt2_ft.py's), "
+                             "padded (one example a row) (packed)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when there is one)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.warmup % LOG_EVERY or opts.steps % LOG_EVERY:
+        parser.error(f"--warmup and --steps must be multiples of {LOG_EVERY}")
     ctx = setup_distributed(opts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,19 +120,23 @@ def main():
             torch.distributed.broadcast_object_list(paths, src=0)  # every rank reads rank 0's files
             data, small_valid = paths
         for mode in opts.modes.split(","):
-            for precision in opts.precisions.split(","):
-                work = os.path.join(tmp, f"run-{mode}-{precision}")
-                ms, tokens, peak = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
-                                           opts.warmup, opts.steps, mode)
-                rows.append((mode, precision, ms, tokens, peak))
+            for layout in (opts.layouts.split(",") if mode != "eager" else ["padded"]):
+                train_module.GRAPH_LAYOUT = layout
+                for precision in opts.precisions.split(","):
+                    work = os.path.join(tmp, f"run-{mode}-{layout}-{precision}")
+                    result = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
+                                     opts.warmup, opts.steps, mode)
+                    rows.append((mode, layout, precision, result))
     if ctx.is_main:
         name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
         print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {ctx.world_size} "
               f"process(es), E2E valid as data, random weights, {name}, torch {torch.__version__}")
-        print("| mode | precision | ms/step | tokens/s | peak memory |")
-        print("|---|---|---|---|---|")
-        for mode, precision, ms, tokens, peak in rows:
-            print(f"| {mode} | {precision} | {ms:.2f} | {tokens:,.0f} | {peak:.2f} GiB |")
+        print("| mode | batch layout | precision | ms/step (median) | ms/step (mean, captures included) | tokens/s | peak memory | "
+              "CUDA graphs | one-time seconds (compile, captures) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for mode, layout, precision, r in rows:
+            print(f"| {mode} | {layout} | {precision} | {r['ms']:.2f} | {r['mean_ms']:.2f} | {r['tokens']:,.0f} | "
+                  f"{r['peak']:.2f} GiB | {r['graphs']} | {r['startup']:.0f} |")
         print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
     cleanup(ctx)
 

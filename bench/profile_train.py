@@ -23,6 +23,10 @@ from loranlg import checkpoint, data, optim, train  # noqa: E402
 from loranlg.loss import LMObjective  # noqa: E402
 
 
+def packed_layout():
+    return {k: v for k, v in train.GRAPH_LAYOUTS["packed"].items() if k != "collate_fn"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="encoded jsonl (context / completion ids)")
@@ -40,7 +44,7 @@ def main():
     examples = [(r["context"], r["completion"]) for r in map(json.loads, open(opts.data))]
     dataset = data.FTDataset(examples, opts.batch, 512)
     picked = random.Random(opts.seed).sample(range(len(examples)), opts.batch)
-    batch = data.collate([dataset[i] for i in picked], 512, **train.GRAPH_PADDING)
+    batch = data.collate_packed([dataset[i] for i in picked], 512, **packed_layout())
     batch = {k: v.cuda() for k, v in batch.items()}
     print(f"batch {tuple(batch['input'].shape)}, {int(batch['mask'].sum())} loss positions "
           f"(padded to {len(batch['positions'])})")
@@ -50,7 +54,7 @@ def main():
     objective = LMObjective(model, opts.precision)
     objective.store_frozen_matrices()
     if opts.compile:
-        train.compile_blocks(model)
+        train.compile_objective(objective)
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = train.graphed_train_step(objective, optimizer, trainable, args)
     step(batch)

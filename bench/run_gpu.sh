@@ -21,7 +21,10 @@ for item in $WHAT; do
   case $item in
     tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     train)
-      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes eager,graph --precisions fp32,bf16} 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -12
+      # eager steps need no warm-up epoch (nothing is captured or compiled)
+      python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -2
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph,graph+compile --precisions bf16 --layouts packed,padded} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -4
+      python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -1
       for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
     beam)
       python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:-} 2>&1 | tee "$OUT/beam.log" | tail -12

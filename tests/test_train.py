@@ -101,6 +101,20 @@ def test_collate_pads_length_and_loss_positions_to_multiples():
     assert batch["weights"].tolist() == [1, 1, 1, 1, 0, 0]
 
 
+def test_collate_packed_puts_examples_end_to_end():
+    items = [([11, 12, 13], [21, 22, 23]), ([31, 32], [41])]
+    ds = data.FTDataset(items, batch_size=2, seq_len=10)
+    batch = data.collate_packed([ds[0], ds[1]], seq_len=10, length_multiple=4, tokens_multiple=4,
+                                positions_multiple=3)
+    assert batch["input"].tolist() == [[11, 12, 13, 21, 22, 23, 31, 32, 41, 0, 0, 0]]
+    assert batch["target"].tolist() == [[12, 13, 21, 22, 23, 0, 32, 41, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 0, 0]]
+    assert batch["positions"].tolist() == [2, 3, 4, 7, 0, 0]
+    assert batch["weights"].tolist() == [1, 1, 1, 1, 0, 0]
+    assert batch["pad_index"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 0], [6, 7, 8, 0, 0, 0, 0, 0]]
+    assert batch["pack_index"].tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 0, 0, 0]
+
+
 def test_padding_to_longest_equals_padding_to_seq_len():
     torch.manual_seed(0)
     model = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
@@ -113,14 +127,20 @@ def test_padding_to_longest_equals_padding_to_seq_len():
     items = [(random_ids(rng, 1, 6), random_ids(rng, 1, 9)) for _ in range(5)]
     ds = data.FTDataset(items, batch_size=5, seq_len=40)
     results = []
-    # to the longest; to seq_len; to multiples of 16 tokens and 64 loss positions, as the CUDA-graph step
-    for padding in ({}, {"pad_to": 40}, {"length_multiple": 16, "positions_multiple": 64}):
-        batch = data.collate([ds[i] for i in range(5)], seq_len=40, **padding)
-        value = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.1)
+    # to the longest; to seq_len; to multiples of 16 tokens and 64 loss positions; packed into one row and
+    # padded to 64 tokens, as the CUDA-graph step lays batches out
+    packed = {"length_multiple": 16, "tokens_multiple": 64, "positions_multiple": 64}
+    for collate, padding in ((data.collate, {}), (data.collate, {"pad_to": 40}),
+                             (data.collate, {"length_multiple": 16, "positions_multiple": 64}),
+                             (data.collate_packed, packed)):
+        batch = collate([ds[i] for i in range(5)], seq_len=40, **padding)
+        packing = {name: batch[name] for name in data.PACKING_KEYS} if "pad_index" in batch else None
+        value = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.1, packing)
         grads = torch.autograd.grad(value, [p for p in model.parameters() if p.requires_grad])
-        results.append((batch["input"].shape[1], len(batch["positions"]), value, grads))
-    (short_len, count, short_loss, short_grads), (long_len, _, long_loss, long_grads) = results[:2]
-    assert short_len < long_len == 40 and results[2][:2] == (16, 64) and count < 64
+        results.append((tuple(batch["input"].shape), len(batch["positions"]), value, grads))
+    (short_shape, count, short_loss, short_grads), (long_shape, _, long_loss, long_grads) = results[:2]
+    assert short_shape[1] < long_shape[1] == 40 and count < 64
+    assert results[2][:2] == ((5, 16), 64) and results[3][:2] == ((1, 64), 64)
     for length, _, value, grads in results[1:]:
         torch.testing.assert_close(short_loss, value, rtol=1e-6, atol=0)
         for a, b in zip(short_grads, grads):

@@ -98,13 +98,62 @@ def collate(items, seq_len, pad_to=None, length_multiple=1, positions_multiple=1
         shifted = tokens[1:length + 1]
         targets[row, :len(shifted)] = torch.tensor(shifted)
         mask[row, context_len - 1:length - 1] = 1.0
+    return {"input": inputs, "target": targets, "mask": mask, **loss_positions(mask, positions_multiple)}
+
+
+PACKING_KEYS = ("position_ids", "pad_index", "pack_index", "pad_valid", "pack_valid")
+
+
+def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positions_multiple=1):
+    """The batch of collate() with its examples packed end to end into one row [1, P] (P: the real tokens,
+    rounded up to tokens_multiple), so that matrix products skip the padding. Also:
+      position_ids [1, P]  each token's position within its own example (0 on padding)
+      pad_index [B, L]     the packed row holding example b's token t (L: the longest, rounded up to
+                           length_multiple; 0 past an example's end): attention gathers padded rows with it
+      pack_index [P]       the padded slot b * L + t of each packed row (0 on padding): and scatters back
+      pad_valid [B, L], pack_valid [P]   1.0 where a slot / row holds a real token, else 0.0
+    positions / weights index the packed row, in the order collate() gives them (example by example)."""
+    input_lengths = [min(len(tokens), seq_len) for tokens, _ in items]
+    total = sum(input_lengths)
+    packed = round_up(total, tokens_multiple)
+    width = round_up(max(input_lengths), length_multiple)
+    inputs = torch.zeros(1, packed, dtype=torch.long)
+    targets = torch.zeros(1, packed, dtype=torch.long)
+    mask = torch.zeros(1, packed, dtype=torch.float)
+    position_ids = torch.zeros(1, packed, dtype=torch.long)
+    pad_index = torch.zeros(len(items), width, dtype=torch.long)
+    pack_index = torch.zeros(packed, dtype=torch.long)
+    pad_valid = torch.zeros(len(items), width)
+    pack_valid = torch.zeros(packed)
+    start = 0
+    for row, ((tokens, context_len), length) in enumerate(zip(items, input_lengths)):
+        end = start + length
+        inputs[0, start:end] = torch.tensor(tokens[:length])
+        shifted = tokens[1:length + 1]
+        targets[0, start:start + len(shifted)] = torch.tensor(shifted)
+        mask[0, start + context_len - 1:end - 1] = 1.0
+        position_ids[0, start:end] = torch.arange(length)
+        pad_index[row, :length] = torch.arange(start, end)
+        pack_index[start:end] = torch.arange(row * width, row * width + length)
+        pad_valid[row, :length] = 1.0
+        pack_valid[start:end] = 1.0
+        start = end
+    batch = {"input": inputs, "target": targets, "mask": mask, "position_ids": position_ids,
+             "pad_index": pad_index, "pack_index": pack_index, "pad_valid": pad_valid, "pack_valid": pack_valid}
+    batch.update(loss_positions(mask, positions_multiple))
+    return batch
+
+
+def loss_positions(mask, positions_multiple=1):
+    """Flat indices into the mask of its non-zero entries and their values, padded with index 0 and weight 0
+    to a multiple of positions_multiple."""
     found = mask.reshape(-1).nonzero().squeeze(1)
     count = round_up(max(len(found), 1), positions_multiple)
     positions = torch.zeros(count, dtype=torch.long)
     positions[:len(found)] = found
     weights = torch.zeros(count, dtype=torch.float)
     weights[:len(found)] = mask.reshape(-1)[found]
-    return {"input": inputs, "target": targets, "mask": mask, "positions": positions, "weights": weights}
+    return {"positions": positions, "weights": weights}
 
 
 def make_sampler(dataset, ctx, seed):
@@ -120,11 +169,12 @@ def batch_indices(sampler, batch_size, epoch=None, drop_last=True):
     return [indices[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def iterate_batches(dataset, batches, start=0, device=None, **padding):
-    """(batch number from 0, batch on device) from batch `start` on; `padding`: collate's multiples. Skipped
-    batches fetch nothing, so the dataset's fill generator advances exactly as in an uninterrupted run."""
+def iterate_batches(dataset, batches, start=0, device=None, collate_fn=collate, **padding):
+    """(batch number from 0, batch on device) from batch `start` on; `padding`: collate_fn's multiples.
+    Skipped batches fetch nothing, so the dataset's fill generator advances exactly as in an uninterrupted
+    run."""
     for number in range(start, len(batches)):
-        batch = collate([dataset[i] for i in batches[number]], dataset.seq_len, **padding)
+        batch = collate_fn([dataset[i] for i in batches[number]], dataset.seq_len, **padding)
         if device is not None and device.type == "cuda":
             # pinned memory: the copy is queued without waiting for the GPU to finish the previous step
             batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}

@@ -47,6 +47,7 @@ class LMObjective(nn.Module):
         self.model = model
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self._frozen_head = None
+        self.loss_fn = masked_lm_loss  # train.compile_objective may swap in a compiled version
 
     def store_frozen_matrices(self):
         """Under autocast, keep each frozen weight matrix in the autocast type instead of casting it at every
@@ -66,10 +67,11 @@ class LMObjective(nn.Module):
     def head_weight(self):
         return self._frozen_head if self._frozen_head is not None else self.model.transformer.wte.weight
 
-    def forward(self, input, target, positions, weights, label_smooth=0.0):
+    def forward(self, input, target, positions, weights, label_smooth=0.0, packing=None):
+        """packing: the position_ids / pad_index / pack_index of a packed batch (data.collate_packed)."""
         device_type = input.device.type
         with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            hidden = self.model.hidden_states(input)
-        return masked_lm_loss(hidden, self.head_weight(), target, positions, weights, label_smooth,
+            hidden = self.model.hidden_states(input, packing)
+        return self.loss_fn(hidden, self.head_weight(), target, positions, weights, label_smooth,
                               self.autocast_dtype or torch.float32, self.model.config.vocab_size)

@@ -5,7 +5,9 @@ Three ways to run it:
   model(ids)                          full causal pass -> logits [B, T, V] (training, scoring)
   model.prefill(ids, lengths, cache)  right-padded prompts [N, P] -> next-token logits [N, V], fills the cache
   model.decode_step(tokens, cache)    one new token per beam [N, B] -> logits [N, B, V] (kv_cache.py)
-Right padding plus causal attention means a padded row computes exactly what the row would alone.
+Right padding plus causal attention means a padded row computes exactly what the row would alone. Training
+may also pack the examples of a batch into one row (no padding in the matrix products): attention then
+gathers each example into a padded row of its own and scatters the result back.
 """
 
 from dataclasses import dataclass
@@ -57,6 +59,26 @@ def pad_rows(weight, multiple=64):
     return F.pad(weight, (0, 0, 0, rows - weight.shape[0]))
 
 
+class _MoveRows(torch.autograd.Function):
+    """rows[i] = x[index[i]], between a packed and a padded layout. index reaches every real row exactly once
+    and the other rows get no gradient, so the backward is a gather too (`back`: for each row of x, the row
+    of the result that holds it; `real`: 1.0 for real rows of x), not index_select's scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x, index, back, real):
+        ctx.save_for_backward(back, real)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        back, real = ctx.saved_tensors
+        return grad.index_select(0, back) * real[:, None].to(grad.dtype), None, None, None
+
+
+def move_rows(x, index, back, real):
+    return _MoveRows.apply(x, index, back, real)
+
+
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -65,15 +87,25 @@ class Attention(nn.Module):
                               config.lora_dropout, config.lora_slices)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
 
-    def forward(self, x, cache=None, layer=0):
-        batch, length, width = x.shape
-        qkv = self.c_attn(x).view(batch, length, 3, self.n_head, width // self.n_head)
+    def forward(self, x, cache=None, layer=0, packing=None):
+        qkv = self.c_attn(x)
+        rows_shape = x.shape[:-1]
+        if packing is not None:  # packed rows -> one padded row per example, for causal attention
+            pad_index = packing["pad_index"]
+            qkv = move_rows(qkv.reshape(-1, qkv.shape[-1]), pad_index.reshape(-1), packing["pack_index"],
+                            packing["pack_valid"]).view(*pad_index.shape, -1)
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.view(batch, length, 3, self.n_head, width // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = cache.attend(layer, q, k, v)
-        return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
+        y = y.transpose(1, 2).reshape(batch, length, width)
+        if packing is not None:  # and back to the packed rows
+            y = move_rows(y.reshape(-1, width), packing["pack_index"], packing["pad_index"].reshape(-1),
+                          packing["pad_valid"].reshape(-1)).view(*rows_shape, width)
+        return self.c_proj(y)
 
 
 class Conv1D(nn.Module):
@@ -122,10 +154,10 @@ class GPT2Model(nn.Module):
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
 
-    def forward(self, input_ids, positions, cache=None):
+    def forward(self, input_ids, positions, cache=None, packing=None):
         x = self.wte(input_ids) + self.wpe(positions)
         for index, block in enumerate(self.h):
-            x = block(x, cache=cache, layer=index)
+            x = block(x, cache=cache, layer=index, packing=packing)
         return self.ln_f(x)
 
 
@@ -147,9 +179,13 @@ class GPT2LMModel(nn.Module):
         and choosing the device and dtype, for inference only (the copy does not follow later changes)."""
         self.inference_head = pad_rows(self.transformer.wte.weight.detach(), multiple)
 
-    def hidden_states(self, input_ids):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.transformer(input_ids, positions)
+    def hidden_states(self, input_ids, packing=None):
+        """Final hidden states [B, T, d]. packing: None for one example per row (right-padded), or the
+        position_ids / pad_index / pack_index of a packed batch (data.collate_packed)."""
+        if packing is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            return self.transformer(input_ids, positions)
+        return self.transformer(input_ids, packing["position_ids"], packing=packing)
 
     def forward(self, input_ids):
         return self.lm_logits(self.hidden_states(input_ids))

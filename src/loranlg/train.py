@@ -23,7 +23,7 @@ from . import data, optim
 from .distributed import all_reduce_mean, barrier, gather_objects
 from .errors import InputError
 from .files import atomic_output
-from .loss import LMObjective
+from .loss import LMObjective, masked_lm_loss
 
 RESUME_FILE = "resume.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -161,23 +161,31 @@ def cuda_graphs_usable(args, ctx):
     return why_no_graphs(args, ctx) is None
 
 
-# How the CUDA-graph step pads batches (data.collate): few shapes, so few graphs to capture.
-GRAPH_PADDING = {"length_multiple": 16, "positions_multiple": 64}
+# How the CUDA-graph step lays batches out: packed (no padding in the matrix products), with few shapes, so
+# few graphs to capture. "padded" (one example a row) is kept for comparison (bench/bench_train.py).
+GRAPH_LAYOUTS = {
+    "packed": {"collate_fn": data.collate_packed, "length_multiple": 16, "tokens_multiple": 64,
+               "positions_multiple": 64},
+    "padded": {"collate_fn": data.collate, "length_multiple": 16, "positions_multiple": 64},
+}
+GRAPH_LAYOUT = "packed"
 
 
 def graphed_train_step(objective, optimizer, trainable, args):
     """The whole optimizer step as a CUDA graph per padded batch shape (graphed_step.py)."""
     from .graphed_step import GraphedTrainStep
 
-    def step(ids, targets, positions, weights):
-        loss = objective(ids, targets, positions, weights, args.label_smooth)
+    def step(batch):
+        packing = {name: batch[name] for name in data.PACKING_KEYS} if "pad_index" in batch else None
+        loss = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], args.label_smooth,
+                         packing)
         loss.backward()
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, args.clip)
         optimizer.step()
         return loss.detach()
 
-    return GraphedTrainStep(step, trainable, protect=trainable + optimizer.state_tensors())
+    return GraphedTrainStep(step, trainable, protect=trainable + optimizer.state_tensors(), unused=("mask",))
 
 
 def wants_compile(args, use_graphs):
@@ -186,21 +194,24 @@ def wants_compile(args, use_graphs):
     return choice == "on" or (choice == "auto" and use_graphs)
 
 
-def compile_blocks(model):
-    """torch.compile each transformer block (one compiled graph serves all, with a dynamic length).
-    Compilation happens at the first call; False when this PyTorch cannot compile at all."""
+def compile_objective(objective):
+    """torch.compile each transformer block (one compiled graph serves all, with dynamic lengths) and the
+    loss (head, cross-entropy, label smoothing in a few fused kernels). Compilation happens at the first
+    call; False when this PyTorch cannot compile at all."""
     try:
-        for block in model.transformer.h:
+        for block in objective.model.transformer.h:
             block.compile(dynamic=True)
+        objective.loss_fn = torch.compile(masked_lm_loss, dynamic=True)
     except Exception:  # e.g. no torch.compile for this Python version
-        uncompile_blocks(model)
+        uncompile_objective(objective)
         return False
     return True
 
 
-def uncompile_blocks(model):
-    for block in model.transformer.h:
+def uncompile_objective(objective):
+    for block in objective.model.transformer.h:
         block._compiled_call_impl = None  # what nn.Module.compile set; None runs the module eagerly again
+    objective.loss_fn = masked_lm_loss
     torch._dynamo.reset()
 
 
@@ -228,10 +239,10 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
     objective = LMObjective(model, args.precision)
     if ctx.device.type == "cuda":
         objective.store_frozen_matrices()
-    compiled = wants_compile(args, use_graphs) and compile_blocks(model)
+    compiled = wants_compile(args, use_graphs) and compile_objective(objective)
     if wants_compile(args, use_graphs):
         say(f"torch.compile: {'on (the first steps compile, about a minute)' if compiled else 'not available here'}")
-    padding = GRAPH_PADDING if use_graphs else {}
+    layout = GRAPH_LAYOUTS[GRAPH_LAYOUT] if use_graphs else {}
     graphed = None  # made after a resume has loaded the optimizer state that the graphs capture
     runner = objective
     if ctx.distributed:
@@ -342,7 +353,7 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
     try:
         while True:
             batches = data.batch_indices(train_sampler, args.train_batch_size, epoch=epoch)
-            for number, batch in data.iterate_batches(train_set, batches, start_batch, ctx.device, **padding):
+            for number, batch in data.iterate_batches(train_set, batches, start_batch, ctx.device, **layout):
                 train_step += 1
                 is_update = train_step % args.grad_acc == 0
                 sync = contextlib.nullcontext() if is_update or not ctx.distributed else runner.no_sync()
@@ -357,7 +368,7 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
                         bar.clear()
                         say(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                             "going on without it (--compile off skips it)")
-                        uncompile_blocks(model)
+                        uncompile_objective(objective)
                         compiled = False
                         graphed = graphed_train_step(objective, optimizer, trainable, args)
                         loss = graphed(batch).clone()
@@ -434,4 +445,8 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
         if last_saved != train_step:
             save(train_step, batch_in_epoch, final=True)
     metrics.close()
-    return {"train_step": train_step, "max_step": max_step, "valid_loss": valid_loss, "stopped": stopped}
+    graphs = len(graphed.captured) if graphed is not None else 0
+    if graphs:
+        say(f"CUDA graphs: {graphs} batch shapes captured")
+    return {"train_step": train_step, "max_step": max_step, "valid_loss": valid_loss, "stopped": stopped,
+            "graphs": graphs}
