@@ -54,6 +54,27 @@ def test_cuda_graph_step_matches_eager(tmp_path, e2e_records, precision, compile
         assert (graph_weights[name] - tensor).abs().max().item() <= tolerance * max(scale, 1e-3), name
 
 
+def test_a_failing_compilation_falls_back_to_the_plain_graph(tmp_path, e2e_records, monkeypatch, capsys):
+    """--compile auto must not end a run: a compiler failure at the first capture is reported, and the run
+    goes on with the uncompiled graph, with the numbers of --compile off."""
+    from loranlg import train as train_module
+
+    def broken(objective):
+        def fail(*args, **kwargs):
+            raise RuntimeError("simulated compiler failure")
+        objective.loss_fn = fail
+        return True
+
+    data = write_jsonl(tmp_path / "train.jsonl", e2e_records)
+    plain_losses, plain_weights = run(tmp_path, "plain", data, ["--compile", "off"])
+    monkeypatch.setattr(train_module, "compile_objective", broken)
+    losses, weights = run(tmp_path, "fallback", data, [])
+    assert "torch.compile failed (RuntimeError: simulated compiler failure)" in capsys.readouterr().out
+    assert losses == pytest.approx(plain_losses, rel=1e-5)
+    for name, tensor in plain_weights.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6)
+
+
 def test_cuda_graph_run_resumed_ends_with_the_same_weights(tmp_path, e2e_records):
     """Stopped at step 12 and resumed (the optimizer state goes through the resume file), a graphed run ends
     where an uninterrupted one does."""
