@@ -106,42 +106,34 @@ PACKING_KEYS = ("position_ids", "pad_index", "pack_index", "pad_valid", "pack_va
 
 def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positions_multiple=1):
     """The batch of collate() with its examples packed end to end into one row [1, P] (P: the real tokens,
-    rounded up to tokens_multiple), so that matrix products skip the padding. Also:
+    rounded up to tokens_multiple; padding 0), so that matrix products skip the padding. Also:
       position_ids [1, P]  each token's position within its own example (0 on padding)
       pad_index [B, L]     the packed row holding example b's token t (L: the longest, rounded up to
                            length_multiple; 0 past an example's end): attention gathers padded rows with it
       pack_index [P]       the padded slot b * L + t of each packed row (0 on padding): and scatters back
       pad_valid [B, L], pack_valid [P]   1.0 where a slot / row holds a real token, else 0.0
     positions / weights index the packed row, in the order collate() gives them (example by example)."""
-    input_lengths = [min(len(tokens), seq_len) for tokens, _ in items]
-    total = sum(input_lengths)
-    packed = round_up(total, tokens_multiple)
-    width = round_up(max(input_lengths), length_multiple)
-    inputs = torch.zeros(1, packed, dtype=torch.long)
-    targets = torch.zeros(1, packed, dtype=torch.long)
-    mask = torch.zeros(1, packed, dtype=torch.float)
-    position_ids = torch.zeros(1, packed, dtype=torch.long)
-    pad_index = torch.zeros(len(items), width, dtype=torch.long)
-    pack_index = torch.zeros(packed, dtype=torch.long)
-    pad_valid = torch.zeros(len(items), width)
-    pack_valid = torch.zeros(packed)
-    start = 0
-    for row, ((tokens, context_len), length) in enumerate(zip(items, input_lengths)):
-        end = start + length
-        inputs[0, start:end] = torch.tensor(tokens[:length])
-        shifted = tokens[1:length + 1]
-        targets[0, start:start + len(shifted)] = torch.tensor(shifted)
-        mask[0, start + context_len - 1:end - 1] = 1.0
-        position_ids[0, start:end] = torch.arange(length)
-        pad_index[row, :length] = torch.arange(start, end)
-        pack_index[start:end] = torch.arange(row * width, row * width + length)
-        pad_valid[row, :length] = 1.0
-        pack_valid[start:end] = 1.0
-        start = end
-    batch = {"input": inputs, "target": targets, "mask": mask, "position_ids": position_ids,
-             "pad_index": pad_index, "pack_index": pack_index, "pad_valid": pad_valid, "pack_valid": pack_valid}
-    batch.update(loss_positions(mask, positions_multiple))
-    return batch
+    padded = collate(items, seq_len, length_multiple=length_multiple)
+    batch, width = padded["input"].shape
+    lengths = torch.tensor([min(len(tokens), seq_len) for tokens, _ in items])
+    real = torch.arange(width) < lengths[:, None]  # [B, L]: the slots holding tokens
+    total = int(lengths.sum())
+    pack_index = torch.zeros(round_up(total, tokens_multiple), dtype=torch.long)
+    pack_index[:total] = real.reshape(-1).nonzero().squeeze(1)  # row-major: example by example
+    pack_valid = torch.zeros(len(pack_index))
+    pack_valid[:total] = 1.0
+    pad_index = torch.zeros(batch * width, dtype=torch.long)
+    pad_index[pack_index[:total]] = torch.arange(total)
+
+    def pack(padded_tensor):
+        return (padded_tensor.reshape(-1)[pack_index] * pack_valid.to(padded_tensor.dtype))[None]
+
+    packed = {"input": pack(padded["input"]), "target": pack(padded["target"]), "mask": pack(padded["mask"]),
+              "position_ids": pack(torch.arange(width).expand(batch, -1)),
+              "pad_index": pad_index.view(batch, width), "pack_index": pack_index,
+              "pad_valid": real.float(), "pack_valid": pack_valid}
+    packed.update(loss_positions(packed["mask"], positions_multiple))
+    return packed
 
 
 def loss_positions(mask, positions_multiple=1):

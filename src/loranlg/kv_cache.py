@@ -17,11 +17,9 @@ descend from would add exp(-inf) = 0 terms: the numbers are those of the per-bea
 import torch
 import torch.nn.functional as F
 
+from .data import round_up
+
 ALIGN = 8  # key counts padded to a multiple of this: attention kernels take their fast path on aligned masks
-
-
-def round_up(value, multiple):
-    return -(-value // multiple) * multiple
 
 
 class BeamCache:

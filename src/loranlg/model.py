@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import round_up
 from .kv_cache import BeamCache
 from .lora import LoRAQKV
 
@@ -55,8 +56,7 @@ class GPT2Config:
 
 def pad_rows(weight, multiple=64):
     """A copy of `weight` with zero rows appended up to a multiple of `multiple` rows (aligned GEMM shapes)."""
-    rows = -(-weight.shape[0] // multiple) * multiple
-    return F.pad(weight, (0, 0, 0, rows - weight.shape[0]))
+    return F.pad(weight, (0, 0, 0, round_up(weight.shape[0], multiple) - weight.shape[0]))
 
 
 class _MoveRows(torch.autograd.Function):
