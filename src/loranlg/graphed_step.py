@@ -25,8 +25,9 @@ class GraphedTrainStep:
 
     train_step_fn(batch) must do forward, loss, backward and optimizer.step() and return the loss tensor;
     it gets the graph's copies of the batch's tensors (all but those named in `unused`), and is captured once
-    per shape of those (collate pads lengths and loss positions to multiples, so few shapes occur). `protect` lists the tensors the warm-up runs would change
-    (parameters, optimizer state): they are restored before the first real step, and after a failed capture.
+    per shape of those (collate pads lengths and loss positions to multiples, so few shapes occur).
+    `protect` lists the tensors the warm-up runs would change (parameters, optimizer state): they are
+    restored before the first real step, and after a failed capture.
     """
 
     def __init__(self, train_step_fn, params, protect, unused=(), warmup_iters=2):

@@ -42,6 +42,11 @@ class BeamCache:
         """Position ids [N, B] of the tokens decoded next."""
         return (self.lengths + self.steps)[:, None].expand(-1, self.beams)
 
+    def finish_prefill(self, lengths):
+        """After the prompts' pass: their real lengths [N]; decode steps come next."""
+        self.lengths = lengths.to(self.lengths.device, torch.long).clone()
+        self.prefilled = True
+
     def begin_step(self):
         """Before a decode step: the new tokens sit in their own places; build the step's key mask."""
         step = self.steps

@@ -200,8 +200,7 @@ class GPT2LMModel(nn.Module):
         """Prompts right-padded to one length [N, P]; returns the logits after each one's last token [N, V]."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = self.transformer(input_ids, positions, cache=cache)
-        cache.lengths = lengths.to(cache.lengths.device, torch.long).clone()
-        cache.prefilled = True
+        cache.finish_prefill(lengths)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         return self.lm_logits(hidden[rows, lengths.to(input_ids.device) - 1])
 

@@ -239,8 +239,9 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
     objective = LMObjective(model, args.precision)
     if ctx.device.type == "cuda":
         objective.store_frozen_matrices()
-    compiled = wants_compile(args, use_graphs) and compile_objective(objective)
-    if wants_compile(args, use_graphs):
+    compiling = wants_compile(args, use_graphs)
+    compiled = compiling and compile_objective(objective)
+    if compiling:
         say("torch.compile: " + ("on (the first steps compile: about 30 s on an H100)" if compiled
                                  else "not available in this PyTorch; going on without it"))
     layout = GRAPH_LAYOUTS[GRAPH_LAYOUT] if use_graphs else {}
