@@ -7,7 +7,8 @@ Each row runs `python src/gpt2_beam.py` as a user would (process start, CUDA ini
 data, beam search, writing the output): gpt2.md with random weights (they rarely emit EOS, so every context
 runs all eval_len steps: the worst case), beam 10, eval_len 64, the E2E recipe's other flags. It prints one
 table: wall seconds end to end, the beam search's own seconds and distinct contexts per second, and how many
-output lines differ from the first row's (batch size must not change the output; bf16 may, at near-ties).
+output lines differ from the first row's of the same precision (neither the batch size nor CUDA graphs may
+change the output; bf16 may, at near-ties between batch sizes).
 """
 
 import argparse
@@ -39,12 +40,14 @@ def encode_e2e(test_txt, vocab, out_path):
     return len(records)
 
 
-def run_once(data, work_dir, batch_size, precision, args):
+def run_once(data, work_dir, batch_size, precision, args, graphs=False):
+    output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}.jsonl"
     cmd = [sys.executable, str(REPO / "src" / "gpt2_beam.py"), "--data", data, "--work_dir", work_dir,
-           "--output_file", f"beam_b{batch_size}_{precision}.jsonl", "--model_card", args.model_card,
+           "--output_file", output_file, "--model_card", args.model_card,
            "--batch_size", str(batch_size), "--precision", precision, "--beam", str(args.beam),
            "--eval_len", str(args.eval_len), "--seq_len", "512", "--length_penalty", "0.8",
            "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eos_token_id", "628"]
+    cmd += ["--cuda_graph"] if graphs else []
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -52,7 +55,7 @@ def run_once(data, work_dir, batch_size, precision, args):
         sys.exit(f"gpt2_beam.py failed:\n{done.stderr[-3000:]}")
     found = re.search(r"beam: (\d+) distinct contexts \((\d+) lines\) in ([\d.]+) s", done.stderr)
     contexts, lines, seconds = int(found[1]), int(found[2]), float(found[3])
-    output = pathlib.Path(work_dir) / f"beam_b{batch_size}_{precision}.jsonl"
+    output = pathlib.Path(work_dir) / output_file
     return dict(wall=wall, beam=seconds, contexts=contexts, lines=lines,
                 predictions=output.read_text().splitlines())
 
@@ -68,6 +71,7 @@ def main():
     parser.add_argument("--batch_sizes", default="32,128",
                         help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--graphs", default="off", help="comma-separated: off (eager steps), on (--cuda_graph)")
     args = parser.parse_args()
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
@@ -82,18 +86,21 @@ def main():
         rows = []
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
-                rows.append((precision, batch_size, run_once(data, work_dir, batch_size, precision, args)))
-                print(f"done: {precision} batch {batch_size}", file=sys.stderr)
+                for graphs in args.graphs.split(","):
+                    result = run_once(data, work_dir, batch_size, precision, args, graphs == "on")
+                    rows.append((precision, batch_size, graphs, result))
+                    print(f"done: {precision} batch {batch_size} graphs {graphs}", file=sys.stderr)
 
     first = {}
     print(f"\n{args.model_card}, random weights, beam {args.beam}, eval_len {args.eval_len}, "
-          f"{rows[0][2]['lines']} lines / {rows[0][2]['contexts']} distinct contexts; {device}\n")
-    print("| precision | --batch_size | end to end (s) | beam search (s) | contexts/s | lines differing |")
-    print("|---|---|---|---|---|---|")
-    for precision, batch_size, r in rows:
+          f"{rows[0][3]['lines']} lines / {rows[0][3]['contexts']} distinct contexts; {device}\n")
+    print("| precision | --batch_size | CUDA graphs | end to end (s) | beam search (s) | contexts/s | "
+          "lines differing |")
+    print("|---|---|---|---|---|---|---|")
+    for precision, batch_size, graphs, r in rows:
         reference = first.setdefault(precision, r["predictions"])
         differing = sum(a != b for a, b in zip(reference, r["predictions"]))
-        print(f"| {precision} | {batch_size} | {r['wall']:.1f} | {r['beam']:.1f} | "
+        print(f"| {precision} | {batch_size} | {graphs} | {r['wall']:.1f} | {r['beam']:.1f} | "
               f"{r['contexts'] / r['beam']:.1f} | {differing} |")
 
 

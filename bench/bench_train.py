@@ -5,15 +5,18 @@ recipe), batch 8, E2E valid.txt encoded as the training data, at fp32 and bf16.
     torchrun --nproc_per_node=2 bench/bench_train.py ...       # the same per GPU, on 2 GPUs
 
 It runs loranlg.train.train itself (the whole step: data, forward, loss, backward, Adam, schedule) and reads
-the per-step times of metrics.jsonl after the warmup steps. tokens/s counts real (unpadded) input tokens of
+the per-step times of metrics.jsonl after the warmup steps; each row in a process of its own (its peak memory
+and compiled code are its own). tokens/s counts real (unpadded) input tokens of
 all ranks. SPEC 11: the original takes 285 ms a step (fp32, padded to 512).
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +30,7 @@ from gpt2_ft import build, build_parser, check_args  # noqa: E402
 from loranlg.distributed import cleanup, setup_distributed  # noqa: E402
 from loranlg.encode import encode_pairs  # noqa: E402
 from loranlg.formats import e2e_examples  # noqa: E402
+from loranlg.graphed_step import GraphedTrainStep  # noqa: E402
 from loranlg.tokenizer import GPT2BPE  # noqa: E402
 from loranlg import train as train_module  # noqa: E402
 from loranlg.train import load_datasets, train  # noqa: E402
@@ -46,6 +50,48 @@ def encode_e2e_valid(shared, out_path):
 LOG_EVERY = 20  # steps per metrics record (and host sync); --warmup and --steps are multiples of it
 MODES = {"eager": ["--no_cuda_graph", "--compile", "off"], "graph": ["--compile", "off"],
          "graph+compile": ["--compile", "auto"]}  # the last is gpt2_ft.py's default
+
+
+class ReplayTimes:
+    """While active: the GPU time of each CUDA-graph step after the first `warmup` (CUDA events around the
+    input copies and the replay), and the peak memory of those steps alone. Against the loop's own ms/step
+    it shows how long the GPU waits for the host."""
+
+    def __init__(self, warmup):
+        self.warmup, self.calls, self.events = warmup, 0, []
+        self.warmup_peak = None
+
+    def __enter__(self):
+        self.original = GraphedTrainStep.__call__
+        timer = self
+
+        def timed_call(step, batch):
+            timer.calls += 1
+            if timer.calls <= timer.warmup:
+                return timer.original(step, batch)
+            if timer.calls == timer.warmup + 1:
+                timer.warmup_peak = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            loss = timer.original(step, batch)
+            end.record()
+            timer.events.append((start, end))
+            return loss
+
+        GraphedTrainStep.__call__ = timed_call
+        return self
+
+    def __exit__(self, *exc):
+        GraphedTrainStep.__call__ = self.original
+
+    def summary(self):
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in self.events]
+        if not times:
+            return {}
+        return {"replay_ms": statistics.median(times), "steady_peak": torch.cuda.max_memory_allocated() / 2**30,
+                "warmup_peak": self.warmup_peak}
 
 
 def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph"):
@@ -68,10 +114,14 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    timer = ReplayTimes(warmup) if ctx.device.type == "cuda" and mode != "eager" else contextlib.nullcontext()
     start = time.perf_counter()
-    summary = train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, log=quiet)
+    with timer:
+        summary = train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, log=quiet)
     wall = time.perf_counter() - start
+    replays = timer.summary() if isinstance(timer, ReplayTimes) else {}
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else float("nan")
+    peak = max(peak, replays.get("warmup_peak") or 0.0)  # the timer reset the peak after the warm-up
     if not ctx.is_main:
         return None
     with open(os.path.join(work_dir, "metrics.jsonl")) as handle:
@@ -80,6 +130,7 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
     # Steady state: the median 20-step window (a window where a new batch shape is captured is an outlier).
     ms = statistics.median(times)
     return dict(ms=ms, mean_ms=statistics.mean(times), peak=peak, graphs=summary["graphs"],
+                replay_ms=replays.get("replay_ms"), steady_peak=replays.get("steady_peak"),
                 tokens=tokens_per_example * batch * ctx.world_size / (ms / 1000),
                 startup=wall - (warmup + steps) * ms / 1000)  # compilation, graph captures, evaluation
 
@@ -101,10 +152,20 @@ def main():
                         help="comma-separated batch layouts of the CUDA-graph modes: packed (gpt2_ft.py's), "
                              "padded (one example a row) (packed)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when there is one)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the rows as json lines, not a table (how the rows' own processes answer)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.warmup % LOG_EVERY or opts.steps % LOG_EVERY:
         parser.error(f"--warmup and --steps must be multiples of {LOG_EVERY}")
+    combinations = [(mode, layout, precision) for mode in opts.modes.split(",")
+                    for layout in (opts.layouts.split(",") if mode != "eager" else ["padded"])
+                    for precision in opts.precisions.split(",")]
+    if len(combinations) > 1 and "LOCAL_RANK" not in os.environ:
+        # One process a row: each row's peak memory and compiled code are its own.
+        rows = [row for combination in combinations for row in run_row_process(opts, combination)]
+        print_table(opts, rows, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", 1)
+        return
     ctx = setup_distributed(opts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,26 +180,48 @@ def main():
             paths = [data, small_valid]
             torch.distributed.broadcast_object_list(paths, src=0)  # every rank reads rank 0's files
             data, small_valid = paths
-        for mode in opts.modes.split(","):
-            for layout in (opts.layouts.split(",") if mode != "eager" else ["padded"]):
-                train_module.GRAPH_LAYOUT = layout
-                for precision in opts.precisions.split(","):
-                    work = os.path.join(tmp, f"run-{mode}-{layout}-{precision}")
-                    result = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
-                                     opts.warmup, opts.steps, mode)
-                    rows.append((mode, layout, precision, result))
-    if ctx.is_main:
-        name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
-        print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {ctx.world_size} "
-              f"process(es), E2E valid as data, random weights, {name}, torch {torch.__version__}")
-        print("| mode | batch layout | precision | ms/step (median) | ms/step (mean, captures included) | tokens/s | peak memory | "
-              "CUDA graphs | one-time seconds (compile, captures) |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for mode, layout, precision, r in rows:
-            print(f"| {mode} | {layout} | {precision} | {r['ms']:.2f} | {r['mean_ms']:.2f} | {r['tokens']:,.0f} | "
-                  f"{r['peak']:.2f} GiB | {r['graphs']} | {r['startup']:.0f} |")
-        print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
+        for mode, layout, precision in combinations:
+            train_module.GRAPH_LAYOUT = layout
+            work = os.path.join(tmp, f"run-{mode}-{layout}-{precision}")
+            result = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
+                             opts.warmup, opts.steps, mode)
+            rows.append((mode, layout, precision, result))
+    if ctx.is_main and opts.json:
+        for row in rows:
+            print("ROW " + json.dumps(row))
+    elif ctx.is_main:
+        print_table(opts, rows, torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
+                    ctx.world_size)
     cleanup(ctx)
+
+
+def run_row_process(opts, combination):
+    mode, layout, precision = combination
+    cmd = [sys.executable, os.path.abspath(__file__), "--shared", opts.shared, "--model_card", opts.model_card,
+           "--batch", str(opts.batch), "--warmup", str(opts.warmup), "--steps", str(opts.steps),
+           "--modes", mode, "--layouts", layout, "--precisions", precision, "--json"]
+    if opts.device:
+        cmd += ["--device", opts.device]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    print(f"done: {mode} {layout} {precision}", file=sys.stderr)
+    return [tuple(json.loads(line[4:])) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+
+
+def print_table(opts, rows, device_name, world_size):
+    print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {world_size} "
+          f"process(es), E2E valid as data, random weights, {device_name}, torch {torch.__version__}")
+    print("| mode | batch layout | precision | ms/step (median) | ms/step (mean, captures included) | "
+          "GPU ms/step (replays, median) | tokens/s | peak memory (after warm-up) | CUDA graphs | "
+          "one-time seconds (compile, captures) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, layout, precision, r in rows:
+        replay = f"{r['replay_ms']:.2f}" if r.get("replay_ms") else ""
+        steady = f" ({r['steady_peak']:.2f})" if r.get("steady_peak") else ""
+        print(f"| {mode} | {layout} | {precision} | {r['ms']:.2f} | {r['mean_ms']:.2f} | {replay} | "
+              f"{r['tokens']:,.0f} | {r['peak']:.2f} GiB{steady} | {r['graphs']} | {r['startup']:.0f} |")
+    print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
 
 
 if __name__ == "__main__":

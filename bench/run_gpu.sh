@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in one go (the device machine is lent by the minute): GPU parity tests,
 # then ours against the transformers + peft baseline, printing short tables. Logs go to $OUT when set.
-#   bash bench/run_gpu.sh [train] [beam] [tests]        (default: all three)
+#   bash bench/run_gpu.sh [tests] [train] [micro] [beam]        (default: all four)
 #   SHARED=path/to/shared (default ../shared): vocab/ and data/e2e/{valid,test}.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ SHARED=${SHARED:-../shared}
 OUT=${OUT:-/tmp/loranlg-bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 LORANLG_SHARED=$SHARED
-WHAT=${*:-tests train beam}
+WHAT=${*:-tests train micro beam}
 TMP=$(mktemp -d)
 python3 src/format_converting_e2e.py "$SHARED/data/e2e/valid.txt" "$TMP/valid_formatted.jsonl"
 python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/valid_formatted.jsonl" --output "$TMP/valid.jsonl" --add_bos --add_eos
@@ -26,8 +26,9 @@ for item in $WHAT; do
       python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph,graph+compile --precisions bf16 --layouts packed,padded} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -4
       python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -1
       for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
+    micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep '^|' ;;
     beam)
-      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:-} 2>&1 | tee "$OUT/beam.log" | tail -12
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on} 2>&1 | tee "$OUT/beam.log" | tail -12
       python3 bench/hf_baseline.py beam --data "$TMP/test.jsonl" --precision bf16 ${HF_BEAM_ARGS:-} 2>&1 | tail -1 | tee -a "$OUT/beam.log" ;;
   esac
 done

@@ -64,6 +64,10 @@ def build_parser():
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="weights and activations; scores and the beam arithmetic stay in float32 "
                              "(default fp32, like the original; bf16 is faster on GPUs)")
+    parser.add_argument("--cuda_graph", action="store_true",
+                        help="on a GPU, replay the model's part of each decode step as a CUDA graph (the same "
+                             "kernels with less host time). Experimental: not yet measured on a GPU, so off by "
+                             "default (BENCHMARKS.md)")
     add_distributed_args(parser)
     return parser
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import REPO, run_script, tiny_model
-from loranlg.beam import BeamSettings, beam_search, distinct_batches, process_logits
+from loranlg import beam as beam_module
+from loranlg.beam import (BeamSettings, beam_search, distinct_batches, largest_indices, process_logits,
+                          top_log_probs)
 
 NEG_INF = float("-inf")
 
@@ -141,6 +143,42 @@ def test_cases_end_early_and_stop_early():
         stopped += stats["context_steps"] < len(contexts) * eval_len
     assert ended >= 10
     assert stopped >= 3
+
+
+def test_largest_indices_in_chunks_equal_topk():
+    """The chunked top-k (rows of 5 x 384, the last 40 entries -inf as a padded head's) gives torch.topk's
+    indices, best first; and rows too short for chunks go straight to torch.topk."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 5 * beam_module.TOPK_CHUNK, generator=gen)
+    x[:, -40:] = NEG_INF
+    for k in (1, 4, 10):
+        assert torch.equal(largest_indices(x, k), torch.topk(x, k, dim=1).indices)
+    short = x[:, :700]
+    assert torch.equal(largest_indices(short, 3), torch.topk(short, 3, dim=1).indices)
+
+
+def test_top_log_probs_are_the_best_of_log_softmax():
+    s = BeamSettings(beam=5, no_repeat_ngram_size=2, repetition_penalty=1.3, eos_ids=(2,), min_length=3)
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 61, generator=gen, dtype=torch.float64)
+    history = torch.randint(0, 61, (6, 4), generator=gen)
+    logp, ids = top_log_probs(logits.clone(), history, s, torch.float64, 5)
+    full = torch.log(torch.softmax(process_logits(logits.clone(), history, s), dim=-1))
+    expected, expected_ids = torch.topk(full, 5, dim=1)
+    assert torch.equal(ids, expected_ids) and torch.equal(logp, expected)
+
+
+def test_padded_head_and_chunked_top_k_match_reference(monkeypatch):
+    """gpt2_beam.py's model has a head padded to a multiple of 64 (with -inf logits past the vocabulary) and
+    the top-k goes by chunks: here 61 tokens padded to 64, in chunks of 4."""
+    monkeypatch.setattr(beam_module, "TOPK_CHUNK", 4)
+    s = BeamSettings(beam=4, eval_len=12, length_penalty=0.8, no_repeat_ngram_size=3, eos_ids=(5,))
+    model = peaked_model(11, (5,), 1.0)
+    contexts = random_contexts(11, 5)
+    expected = [reference_beam(model, c, s) for c in contexts]
+    model.pad_head_for_inference()
+    assert model.lm_logits(torch.zeros(1, model.config.n_embd, dtype=torch.float64), padded=True).shape[-1] == 64
+    assert beam_search(model, contexts, s) == expected
 
 
 def test_ngram_ban_by_hand():

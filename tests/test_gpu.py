@@ -98,4 +98,24 @@ def test_beam_search_on_the_gpu_matches_the_reference(dtype):
         model = peaked_model(case, eos_ids, bias)
         contexts = random_contexts(case, 7)
         expected = [reference_beam(model, c, s) for c in contexts]
-        assert beam_search(model.to("cuda", dtype), contexts, s) == expected, f"case {case}"
+        stats = {}
+        assert beam_search(model.to("cuda", dtype), contexts, s, stats=stats, cuda_graphs=True) == expected, \
+            f"case {case}"
+        assert stats["replays"] > 0, f"case {case}: no step was replayed as a CUDA graph"
+
+
+def test_graphed_beam_search_equals_eager_in_bf16():
+    """gpt2_beam.py's GPU setting (bf16, the head padded with -inf logits, chunked top-k over 50,304 columns,
+    beam 10 over many key widths): the CUDA graphs replay the eager kernels, so the outputs are identical."""
+    from conftest import tiny_model
+    from loranlg.beam import BeamSettings, beam_search
+
+    model = tiny_model(3, vocab_size=50257, n_positions=1024).to("cuda", torch.bfloat16)
+    model.pad_head_for_inference()
+    gen = torch.Generator().manual_seed(3)
+    contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (5, 40, 17, 33, 9, 26)]
+    s = BeamSettings(beam=10, eval_len=40, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
+    stats = {}
+    graphed = beam_search(model, contexts, s, stats=stats, cuda_graphs=True)
+    assert graphed == beam_search(model, contexts, s)
+    assert stats["replays"] > stats["captures"] > 1

@@ -58,6 +58,18 @@ def test_run_writes_checkpoints_metrics_and_log(tmp_path, e2e_examples, capsys):
     assert [(r["step"], round(r["valid_ppl"], 6)) for r in log if "valid_loss" in r] == \
         [(r["step"], round(2.718281828459045 ** r["valid_loss"], 6)) for r in log if "valid_loss" in r]
     assert [r["step"] for r in log if "valid_loss" in r] == [5, 6]
+    # Log lines are printed once the next step is queued (train_log.py), but carry their own step's numbers
+    # (the loss of that step, the average of the two steps since the last line), before that step's save.
+    lines = re.findall(r"\| epoch +(\d+) step +(\d+) \| +(\d+) batches \| lr (\S+) \| ms/batch +\S+ \| "
+                       r"loss +(\S+) \| avg loss +(\S+)", out)
+    loss = {r["step"]: r["loss"] for r in steps}
+    assert [(int(e), int(s), int(b)) for e, s, b, *_ in lines] == [(1, 2, 2), (2, 4, 1), (2, 6, 3)]
+    for _, step, _, lr, last, avg in lines:
+        step = int(step)
+        # as the original: the rate after the schedule's step, that of the next update (0 after the last)
+        assert float(lr) == pytest.approx(steps[step]["lr"] if step < 6 else 0.0, rel=1e-2)
+        assert last == f"{loss[step]:.2f}" and avg == f"{(loss[step - 1] + loss[step]) / 2:.2f}"
+    assert out.index(" step        4 |") < out.index("model.4.pt")
 
 
 def test_resume_ends_with_the_same_weights(tmp_path, e2e_examples):

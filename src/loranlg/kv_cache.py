@@ -12,6 +12,10 @@ Why not the usual cache of one row per beam: reordering copies every beam's whol
 (about 9 GB a step at batch 128 for GPT-2 medium), and attention reads the shared prompt B times. Here a
 step reads each stored key once and writes only the new ones. A beam attending to keys it does not
 descend from would add exp(-inf) = 0 terms: the numbers are those of the per-beam cache.
+
+A decode step attends to the first `width` slots, the used ones rounded up to KEY_BLOCK: few distinct
+shapes (each can be one CUDA graph, beam_graph.py), aligned masks. Everything a step computes from the
+step number reads it from the device tensor `step`, so that a captured step replays at any step.
 """
 
 import torch
@@ -19,28 +23,31 @@ import torch.nn.functional as F
 
 from .data import round_up
 
-ALIGN = 8  # key counts padded to a multiple of this: attention kernels take their fast path on aligned masks
+KEY_BLOCK = 64  # slots attended per step: the used ones rounded up to this
 
 
 class BeamCache:
     def __init__(self, config, contexts, beams, prompt_len, steps, device=None, dtype=torch.float32):
         self.beams, self.prompt_len = beams, prompt_len
-        self.slots = round_up(prompt_len + steps * beams, ALIGN)
+        self.slots = round_up(prompt_len + steps * beams, KEY_BLOCK)
         shape = (contexts, config.n_layer, 2, config.n_head, self.slots, config.head_dim)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(contexts, dtype=torch.long, device=device)  # real prompt tokens
         self.ancestors = torch.zeros(contexts, beams, steps, dtype=torch.long, device=device)
         self.steps = 0  # generated tokens stored per beam
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # the same, on the device
         self.prefilled = False
-        self.mask = None  # of the step being decoded: [N, 1, B, keys], 0 where a beam attends, -inf elsewhere
+        self.width = None  # slots attended by the step being decoded
+        self.places = torch.arange(beams, device=device)
+        # What each slot holds: the step that wrote it (-1: the prompt) and the place within that step.
+        offset = torch.arange(self.slots, device=device) - prompt_len
+        self.slot_step = torch.where(offset >= 0, offset // beams, -1)
+        self.slot_place = offset.remainder(beams)
+        self.graphs = {}  # beam_graph.py's captured steps, valid while these tensors live
 
     @property
     def contexts(self):
         return self.kv.shape[0]
-
-    def positions(self):
-        """Position ids [N, B] of the tokens decoded next."""
-        return (self.lengths + self.steps)[:, None].expand(-1, self.beams)
 
     def finish_prefill(self, lengths):
         """After the prompts' pass: their real lengths [N]; decode steps come next."""
@@ -48,41 +55,44 @@ class BeamCache:
         self.prefilled = True
 
     def begin_step(self):
-        """Before a decode step: the new tokens sit in their own places; build the step's key mask."""
-        step = self.steps
-        if step >= self.ancestors.shape[2]:
+        """Before a decode step (outside any graph): the step number and the width it attends."""
+        if self.steps >= self.ancestors.shape[2]:
             raise ValueError(f"the cache holds {self.ancestors.shape[2]} generated steps; all are used")
-        device = self.kv.device
-        places = torch.arange(self.beams, device=device)
-        self.ancestors[:, :, step] = places
-        used = self.prompt_len + (step + 1) * self.beams
-        keys = min(round_up(used, ALIGN), self.slots)
-        prompt = torch.arange(self.prompt_len, device=device) < self.lengths[:, None]  # [N, P]
-        generated = self.ancestors[:, :, :step + 1, None] == places  # [N, B, step+1, B]
-        mask = torch.zeros(self.contexts, self.beams, keys, dtype=torch.bool, device=device)
-        mask[:, :, :self.prompt_len] = prompt[:, None, :]
-        mask[:, :, self.prompt_len:used] = generated.flatten(2)
-        # additive, in the cache's type: made once a step, not converted from bool by each layer's attention
-        additive = torch.zeros(mask.shape, dtype=self.kv.dtype, device=device)
-        self.mask = additive.masked_fill_(~mask, float("-inf"))[:, None]
+        self.step.fill_(self.steps)
+        self.width = min(round_up(self.prompt_len + (self.steps + 1) * self.beams, KEY_BLOCK), self.slots)
+
+    def prepare_step(self):
+        """The step's device-side state, from `step` alone: the new tokens sit in their own places, where
+        they are written, their positions, and the additive key mask [N, 1, B, width] (in the cache's type:
+        made once a step, not converted by each layer's attention). Returns the positions [N, B]."""
+        contexts, beams, width = self.contexts, self.beams, self.width
+        column = self.step.view(1, 1, 1).expand(contexts, beams, 1)
+        self.ancestors.scatter_(2, column, self.places.view(1, beams, 1).expand(contexts, beams, 1))
+        self.write_slots = self.prompt_len + self.step * beams + self.places
+        slot_step, slot_place = self.slot_step[:width], self.slot_place[:width]
+        prompt = torch.arange(width, device=self.kv.device) < self.lengths[:, None]  # [N, W]
+        last = self.ancestors.shape[2] - 1
+        ancestor = self.ancestors.gather(2, slot_step.clamp(0, last).expand(contexts, beams, width))
+        generated = (slot_step >= 0) & (slot_step <= self.step) & (ancestor == slot_place)  # [N, B, W]
+        allowed = prompt[:, None, :] | generated
+        self.mask = torch.zeros(allowed.shape, dtype=self.kv.dtype, device=self.kv.device).masked_fill_(
+            ~allowed, float("-inf"))[:, None]
+        return (self.lengths + self.step)[:, None].expand(-1, beams)
 
     def end_step(self):
         self.steps += 1
-        self.mask = None
+        self.width = self.mask = self.write_slots = None
 
-    def attend(self, layer, q, k, v):
-        """Store k, v of this pass and return the attention output (q, k, v: [N, H, T, hd])."""
-        keys, values = self.kv[:, layer, 0], self.kv[:, layer, 1]
+    def attend(self, layer, q, kv):
+        """Store this pass's keys and values kv [N, 2, H, T, hd]; return the attention output for q
+        [N, H, T, hd]."""
+        cache = self.kv[:, layer]  # [N, 2, H, slots, hd]
         if not self.prefilled:  # the prompts: causal attention among themselves
-            keys[:, :, :q.shape[2]] = k
-            values[:, :, :q.shape[2]] = v
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        start = self.prompt_len + self.steps * self.beams
-        keys[:, :, start:start + self.beams] = k.to(keys.dtype)  # autocast may hand us another dtype
-        values[:, :, start:start + self.beams] = v.to(values.dtype)
-        width = self.mask.shape[-1]
-        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys[:, :, :width], values[:, :, :width],
-                                             attn_mask=self.mask)
+            cache[:, :, :, :q.shape[2]] = kv
+            return F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], is_causal=True)
+        cache.index_copy_(3, self.write_slots, kv.to(cache.dtype))  # autocast may hand us another dtype
+        keys, values = cache[:, 0, :, :self.width], cache[:, 1, :, :self.width]
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=self.mask)
         return out.to(q.dtype)
 
     def reorder_beams(self, parents):
@@ -95,3 +105,4 @@ class BeamCache:
         self.kv = self.kv.index_select(0, index)
         self.lengths = self.lengths.index_select(0, index)
         self.ancestors = self.ancestors.index_select(0, index)
+        self.graphs = {}

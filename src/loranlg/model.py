@@ -96,11 +96,11 @@ class Attention(nn.Module):
                             packing["pack_valid"]).view(*pad_index.shape, -1)
         batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         qkv = qkv.view(batch, length, 3, self.n_head, width // self.n_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, hd]
+        heads = qkv.permute(0, 2, 3, 1, 4)  # [B, q|k|v, H, T, hd]
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(heads[:, 0], heads[:, 1], heads[:, 2], is_causal=True)
         else:
-            y = cache.attend(layer, q, k, v)
+            y = cache.attend(layer, heads[:, 0], heads[:, 1:])
         y = y.transpose(1, 2).reshape(batch, length, width)
         if packing is not None:  # and back to the packed rows
             y = move_rows(y.reshape(-1, width), packing["pack_index"], packing["pad_index"].reshape(-1),
@@ -166,18 +166,23 @@ class GPT2LMModel(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.inference_head = None  # see pad_head_for_inference
+        self.inference_head = self.inference_bias = None  # see pad_head_for_inference
 
-    def lm_logits(self, hidden):
+    def lm_logits(self, hidden, padded=False):
         if self.inference_head is not None:
-            return F.linear(hidden, self.inference_head)[..., :self.config.vocab_size]
+            logits = F.linear(hidden, self.inference_head, self.inference_bias)
+            return logits if padded else logits[..., :self.config.vocab_size]
         return F.linear(hidden, self.transformer.wte.weight)  # tied head
 
     def pad_head_for_inference(self, multiple=64):
         """Give the head a copy of the embedding padded with zero rows to a multiple of 64: cuBLAS takes its
-        fast kernels only for aligned shapes, and 50,257 is odd. Same logits; call it after loading weights
-        and choosing the device and dtype, for inference only (the copy does not follow later changes)."""
-        self.inference_head = pad_rows(self.transformer.wte.weight.detach(), multiple)
+        fast kernels only for aligned shapes, and 50,257 is odd. Same logits; the padding's logits are -inf
+        (a bias of 0 and -inf), so that they never win a top-k. Call it after loading weights and choosing
+        the device and dtype, for inference only (the copy does not follow later changes)."""
+        weight = self.transformer.wte.weight.detach()
+        self.inference_head = pad_rows(weight, multiple)
+        self.inference_bias = torch.zeros(self.inference_head.shape[0], dtype=weight.dtype, device=weight.device)
+        self.inference_bias[weight.shape[0]:] = float("-inf")
 
     def hidden_states(self, input_ids, packing=None):
         """Final hidden states [B, T, d]. packing: None for one example per row (right-padded), or the
@@ -196,17 +201,24 @@ class GPT2LMModel(nn.Module):
         return BeamCache(self.config, contexts, beams, prompt_len, steps, device or weight.device,
                          dtype or weight.dtype)
 
-    def prefill(self, input_ids, lengths, cache):
-        """Prompts right-padded to one length [N, P]; returns the logits after each one's last token [N, V]."""
+    def prefill(self, input_ids, lengths, cache, padded=False):
+        """Prompts right-padded to one length [N, P]; returns the logits after each one's last token [N, V]
+        (padded: as decode_step's)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = self.transformer(input_ids, positions, cache=cache)
         cache.finish_prefill(lengths)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return self.lm_logits(hidden[rows, lengths.to(input_ids.device) - 1])
+        return self.lm_logits(hidden[rows, lengths.to(input_ids.device) - 1], padded)
 
-    def decode_step(self, tokens, cache):
-        """One new token per beam [N, B], appended after each beam's own history; logits [N, B, V]."""
+    def decode_step(self, tokens, cache, padded=False):
+        """One new token per beam [N, B], appended after each beam's own history; logits [N, B, V].
+        padded: the logits of pad_head_for_inference's padded head, [N, B, V'] with -inf in the padding."""
         cache.begin_step()
-        hidden = self.transformer(tokens, cache.positions(), cache=cache)
+        logits = self.decode_logits(tokens, cache)
         cache.end_step()
-        return self.lm_logits(hidden)
+        return logits if padded else logits[..., :self.config.vocab_size]
+
+    def decode_logits(self, tokens, cache):
+        """decode_step's work on the device, after cache.begin_step(): what beam_graph.py captures."""
+        positions = cache.prepare_step()
+        return self.lm_logits(self.transformer(tokens, positions, cache=cache), padded=True)

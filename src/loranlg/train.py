@@ -5,15 +5,13 @@ train_step % grad_acc == 0, the schedule steps after every micro-batch, training
 train_step == max_step. Checkpoints are model.{train_step}.pt; metrics.jsonl gets one record per update.
 
 The hot loop keeps losses on the device; they are read (one all-reduce, one copy) only at log, save and
-eval points, where the metrics records of the steps since the last flush are written.
+eval points, where the metrics records of the steps since the last read are written (train_log.py).
 """
 
 import contextlib
-import json
 import math
 import os
 import random
-import sys
 import time
 
 import torch
@@ -24,6 +22,7 @@ from .distributed import all_reduce_mean, barrier, gather_objects
 from .errors import InputError
 from .files import atomic_output
 from .loss import LMObjective, masked_lm_loss
+from .train_log import MetricsLog, ProgressBar, StepLosses
 
 RESUME_FILE = "resume.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -52,60 +51,6 @@ def default_max_step(args, num_batches, world_size):
     if not args.max_epoch:
         raise InputError("give --max_step or --max_epoch (the run needs an end)")
     return (args.max_epoch * num_batches + world_size - 1) // world_size
-
-
-class MetricsLog:
-    """work_dir/metrics.jsonl on rank 0: appended and flushed record by record."""
-
-    def __init__(self, path, enabled, keep_until_step=None):
-        self.enabled = enabled
-        self.handle = None
-        if not enabled:
-            return
-        kept = []
-        if keep_until_step is not None and os.path.exists(path):
-            with open(path, encoding="utf-8") as old:
-                kept = [line for line in old if line.strip() and json.loads(line)["step"] <= keep_until_step]
-        with atomic_output(path) as out:
-            out.writelines(kept)
-        self.handle = open(path, "a", encoding="utf-8")
-
-    def write(self, record):
-        if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
-
-    def close(self):
-        if self.handle:
-            self.handle.close()
-
-
-class ProgressBar:
-    """A `progress` bar on rank 0 (only on a terminal) with the loss and the time left."""
-
-    def __init__(self, enabled, max_step, start):
-        self.bar = None
-        if enabled:
-            from progress.bar import Bar
-            # the current stderr, not the one the package saw at import
-            self.bar = Bar("training", max=max_step, file=sys.stderr,
-                           suffix="%(index)d/%(max)d | loss %(loss)s | left %(eta_td)s")
-            self.bar.loss = "-"
-            self.bar.goto(start)
-
-    def next(self, loss=None):
-        if self.bar:
-            if loss is not None:
-                self.bar.loss = f"{loss:.3f}"
-            self.bar.next()
-
-    def clear(self):
-        if self.bar and self.bar.is_tty():
-            self.bar.clearln()
-
-    def finish(self):
-        if self.bar:
-            self.bar.finish()
 
 
 def rng_state(ctx, train_set, valid_set):
@@ -286,33 +231,28 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
     metrics = MetricsLog(os.path.join(args.work_dir, METRICS_FILE), main,
                          keep_until_step=train_step if train_step else None)
     bar = ProgressBar(main, max_step, train_step)
-    pending = []  # (train_step, update, epoch, lr, loss tensor) of the updates not yet written to metrics
-    window = {"start": time.perf_counter(), "micro": 0, "losses": []}  # of the log line
-    clock = {"start": time.perf_counter(), "micro": 0}  # of the metrics records since the last flush
-    last_loss = None
+    losses = StepLosses(metrics, ctx, args.grad_acc)
     best_ppl = None
     valid_loss = None
+    log_due = None  # (train_step, batch number, epoch, lr) of a log line whose losses are being read
 
-    def flush():
-        """Read the pending losses (all ranks together), write their metrics records; returns the last."""
-        nonlocal last_loss
-        if not pending:
+    def print_due_log():
+        nonlocal log_due
+        if log_due is None:
             return
-        losses = torch.stack([entry[4].float() for entry in pending])
-        if ctx.distributed:
-            torch.distributed.all_reduce(losses)
-            losses /= ctx.world_size
-        values = losses.tolist()
-        ms = (time.perf_counter() - clock["start"]) * 1000.0 / max(1, clock["micro"]) * args.grad_acc
-        clock.update(start=time.perf_counter(), micro=0)
-        for (step, update, ep, lr, _), value in zip(pending, values):
-            metrics.write({"step": step, "update": update, "epoch": ep, "lr": lr, "loss": value, "ms": ms})
-        window["losses"].extend(values)
-        last_loss = values[-1]
-        pending.clear()
+        step, number, ep, lr = log_due
+        log_due = None
+        losses.finish_read()
+        ms, avg = losses.close_window()
+        bar.clear()
+        say(f"| epoch {ep:3d} step {step:>8d} | {number + 1:>6d} batches | "
+            f"lr {lr:.3g} | ms/batch {ms:5.2f} | "
+            f"loss {losses.last if losses.last is not None else float('nan'):5.2f} | "
+            f"avg loss {avg:5.2f} | ppl {math.exp(min(avg, 700.0)):5.2f}")
 
-    def reset_window():
-        window.update(start=time.perf_counter(), micro=0, losses=[])
+    def read_losses():
+        print_due_log()
+        losses.read_now()
 
     def save(step, batch_in_epoch, final=False):
         path = os.path.join(args.work_dir, f"model.{step}.pt")
@@ -380,13 +320,12 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
                                       args.label_smooth)
                         scaled = loss / args.grad_acc
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                print_due_log()  # the previous step's losses: that step is done or nearly, this one is queued
                 micro_losses.append(loss.detach())
-                window["micro"] += 1
-                clock["micro"] += 1
+                losses.count_micro_batch()
                 batch_in_epoch = number + 1
                 if is_update and use_graphs:
-                    pending.append((train_step, train_step, epoch, optimizer.param_groups[0]["lr"],
-                                    micro_losses.pop()))
+                    losses.add(train_step, train_step, epoch, optimizer.param_groups[0]["lr"], micro_losses.pop())
                 elif is_update:
                     lr = optimizer.param_groups[0]["lr"]
                     if scaler is not None:
@@ -399,33 +338,24 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
                     else:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    pending.append((train_step, train_step // args.grad_acc, epoch, lr,
-                                    torch.stack(micro_losses).mean()))
+                    losses.add(train_step, train_step // args.grad_acc, epoch, lr, torch.stack(micro_losses).mean())
                     micro_losses = []
                 schedule.step()
-                bar.next(last_loss)
+                bar.next(losses.last)
 
-                if train_step % args.log_interval == 0:
-                    flush()
-                    elapsed = time.perf_counter() - window["start"]
-                    avg = sum(window["losses"]) / max(1, len(window["losses"]))
-                    bar.clear()
-                    say(f"| epoch {epoch:3d} step {train_step:>8d} | {number + 1:>6d} batches | "
-                        f"lr {optimizer.param_groups[0]['lr']:.3g} | "
-                        f"ms/batch {elapsed * 1000 / max(1, window['micro']):5.2f} | "
-                        f"loss {last_loss if last_loss is not None else float('nan'):5.2f} | "
-                        f"avg loss {avg:5.2f} | ppl {math.exp(min(avg, 700.0)):5.2f}")
-                    reset_window()
+                if train_step % args.log_interval == 0:  # printed once the next step is queued
+                    losses.start_read()
+                    log_due = (train_step, number, epoch, optimizer.param_groups[0]["lr"])
                 if train_step % args.save_interval == 0:
-                    flush()
+                    read_losses()
                     save(train_step, batch_in_epoch)
                     last_saved = train_step
-                    clock["start"] = time.perf_counter()
+                    losses.restart_clock()
                 if train_step % args.eval_interval == 0:
-                    flush()
+                    read_losses()
                     run_eval(train_step)
                     last_evaluated = train_step
-                    clock["start"] = time.perf_counter()
+                    losses.restart_clock()
                 if train_step == max_step or train_step == stop_after_step:
                     break
             if train_step in (max_step, stop_after_step) or (args.max_epoch and epoch >= args.max_epoch):
@@ -437,7 +367,7 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
         bar.clear()
         say("-" * 100)
         say("Exiting from training early")
-    flush()
+    read_losses()
     bar.finish()
     if not stopped:
         if last_evaluated != train_step:

@@ -1,0 +1,76 @@
+"""Beam search's decode steps replayed as CUDA graphs.
+
+The model's part of a step (key mask, 24 blocks, head: about 400 kernels for GPT-2 medium) takes the host
+longer to launch from Python than the GPU to run at batch 128. A CUDA graph replays it with one launch.
+A graph is bound to one cache's tensors and one key width (kv_cache.KEY_BLOCK slots: 6 or 7 steps at beam
+10); the first step at a width runs eagerly, which also warms the kernels up, and the graph is captured
+then for the steps that follow at that width.
+
+All graphs share one memory pool. That is safe here because a step's logits are used up (top-k taken)
+before the next replay, which may reuse the memory of another graph's intermediates.
+"""
+
+import sys
+
+import torch
+
+from .kv_cache import KEY_BLOCK
+from .data import round_up
+
+
+class GraphedDecode:
+    """decode(tokens [N, B], cache) -> padded logits [N, B, V'], as model.decode_step(tokens, cache,
+    padded=True) computes them (the same kernels, so the same numbers)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream()
+        self.broken = False  # a capture failed: the rest runs eagerly
+        self.captures = self.replays = 0
+
+    def __call__(self, tokens, cache):
+        cache.begin_step()
+        entry = cache.graphs.get(cache.width)
+        if entry is not None:
+            static_tokens, graph, logits = entry
+            static_tokens.copy_(tokens)
+            graph.replay()
+            self.replays += 1
+        else:
+            logits = self.model.decode_logits(tokens, cache)
+            if not self.broken and self.later_steps_at_width(cache):
+                self.capture(tokens, cache)
+        cache.end_step()
+        return logits
+
+    @staticmethod
+    def later_steps_at_width(cache):
+        """Whether a later step attends to as many slots as this one (only then a graph can pay)."""
+        later = cache.steps + 1
+        if later >= cache.ancestors.shape[2]:
+            return False
+        return min(round_up(cache.prompt_len + (later + 1) * cache.beams, KEY_BLOCK), cache.slots) == cache.width
+
+    def capture(self, tokens, cache):
+        static_tokens = tokens.clone()
+        graph = torch.cuda.CUDAGraph()
+        # Not torch.cuda.graph(): it also synchronises, collects garbage and empties the cache at every
+        # capture, which costs more than the few steps a graph serves here.
+        self.stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin(pool=self.pool)
+                try:
+                    logits = self.model.decode_logits(static_tokens, cache)
+                finally:
+                    graph.capture_end()
+        except Exception as err:  # e.g. an operation this PyTorch cannot capture
+            self.broken = True
+            print(f"beam search: CUDA graph capture failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                  "going on without graphs", file=sys.stderr)
+            return
+        finally:
+            torch.cuda.current_stream().wait_stream(self.stream)
+        cache.graphs[cache.width] = (static_tokens, graph, logits)
+        self.captures += 1
