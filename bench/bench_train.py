@@ -49,7 +49,8 @@ def encode_e2e_valid(shared, out_path):
 
 LOG_EVERY = 20  # steps per metrics record (and host sync); --warmup and --steps are multiples of it
 MODES = {"eager": ["--no_cuda_graph", "--compile", "off"], "graph": ["--compile", "off"],
-         "graph+compile": ["--compile", "auto"]}  # the last is gpt2_ft.py's default
+         "graph+compile": ["--compile", "auto"],  # gpt2_ft.py's default
+         "graph+compile+optimizer": ["--compile", "auto"]}  # and train.COMPILE_OPTIMIZER (off by default)
 
 
 class ReplayTimes:
@@ -102,6 +103,7 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
             "--max_step", str(warmup + steps), "--log_interval", str(LOG_EVERY), "--eval_interval", "1000000",
             "--save_interval", "1000000", "--work_dir", work_dir]
     argv += MODES[mode]
+    train_module.COMPILE_OPTIMIZER = mode == "graph+compile+optimizer"
     if ctx.device.type == "cpu":
         argv += ["--device", "cpu"]
     args = build_parser().parse_args(argv)

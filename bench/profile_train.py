@@ -1,7 +1,7 @@
 """Where one CUDA-graph training step spends its time: replay-only milliseconds on a fixed batch (the GPU's
 share, no data loading) and the CUDA kernels of a few replays, largest first.
 
-    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--precision bf16] [--seed 0]
+    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--compile_optimizer] [--precision bf16]
 
 The batch is 8 examples drawn at random (--seed), as the training sampler draws them: its padded length is
 a typical one (E2E averages 77 tokens padded, 84 with the graph's buckets of 16).
@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--model_card", default="gpt2.md", help="model size (gpt2.md)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="(bf16)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks too")
+    parser.add_argument("--compile_optimizer", action="store_true",
+                        help="torch.compile the optimizer's update too (train.COMPILE_OPTIMIZER)")
     parser.add_argument("--batch", type=int, default=8, help="examples per step (8)")
     parser.add_argument("--replays", type=int, default=100, help="timed replays (100)")
     parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
@@ -55,6 +57,8 @@ def main():
     objective.store_frozen_matrices()
     if opts.compile:
         train.compile_objective(objective)
+    if opts.compile_optimizer:
+        optimizer.compile_update()
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = train.graphed_train_step(objective, optimizer, trainable, args)
     step(batch)

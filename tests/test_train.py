@@ -280,18 +280,25 @@ def test_bf16_objective_with_stored_frozen_matrices_equals_plain_autocast():
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_capturable_adam_equals_eager_adam():
-    """The CUDA-graph path's optimizer (step count and rate in tensors) makes the eager optimizer's updates."""
+    """The CUDA-graph path's optimizer (step count and rate in tensors), also with its update compiled (one
+    compilation serves every step: the rate and the step count are tensors), makes the eager optimizer's
+    updates."""
     from loranlg.optim import AdamW, Schedule
 
     torch.manual_seed(3)
     start = [torch.randn(4, 3), torch.randn(5)]
     grads = [[torch.randn_like(p) for p in start] for _ in range(6)]
     results = []
-    for capturable in (False, True):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for capturable, compiled in ((False, False), (True, False), (True, True)):
         params = [torch.nn.Parameter(p.clone()) for p in start]
         opt = AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, correct_bias=True,
                     capturable=capturable)
+        if compiled:
+            opt.compile_update()
         schedule = Schedule(opt, "linear", warmup=2, max_step=6)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
@@ -299,9 +306,13 @@ def test_capturable_adam_equals_eager_adam():
             opt.step()
             schedule.step()
         results.append(params)
-    for eager, captured, initial in zip(*results, start):
+        if compiled:
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+            opt.uncompile_update()
+    for eager, captured, compiled, initial in zip(*results, start):
         assert (eager.detach() - initial).abs().max() > 1e-3  # the updates did something
         torch.testing.assert_close(captured.detach(), eager.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_optimizer_state_moves_between_eager_and_capturable_modes():

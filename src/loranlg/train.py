@@ -114,6 +114,9 @@ GRAPH_LAYOUTS = {
     "padded": {"collate_fn": data.collate, "length_multiple": 16, "positions_multiple": 64},
 }
 GRAPH_LAYOUT = "packed"
+# Also compile the optimizer's update when compiling the CUDA-graph step. Off until measured on a GPU
+# (bench/bench_train.py --compile_optimizer; BENCHMARKS.md).
+COMPILE_OPTIMIZER = False
 
 
 def graphed_train_step(objective, optimizer, trainable, args):
@@ -186,6 +189,8 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
         objective.store_frozen_matrices()
     compiling = wants_compile(args, use_graphs)
     compiled = compiling and compile_objective(objective)
+    if compiled and use_graphs and COMPILE_OPTIMIZER:
+        optimizer.compile_update()
     if compiling:
         say("torch.compile: " + ("on (the first steps compile: about 30 s on an H100)" if compiled
                                  else "not available in this PyTorch; going on without it"))
@@ -311,6 +316,7 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_st
                         say(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                             "going on without it (--compile off skips it)")
                         uncompile_objective(objective)
+                        optimizer.uncompile_update()
                         compiled = False
                         graphed = graphed_train_step(objective, optimizer, trainable, args)
                         loss = graphed(batch).clone()
