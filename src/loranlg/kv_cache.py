@@ -38,6 +38,7 @@ class BeamCache:
         self.step = torch.zeros((), dtype=torch.long, device=device)  # the same, on the device
         self.prefilled = False
         self.width = None  # slots attended by the step being decoded
+        self.mask = self.write_slots = None  # of the step being decoded (prepare_step)
         self.places = torch.arange(beams, device=device)
         # What each slot holds: the step that wrote it (-1: the prompt) and the place within that step.
         offset = torch.arange(self.slots, device=device) - prompt_len

@@ -115,7 +115,7 @@ GRAPH_LAYOUTS = {
 }
 GRAPH_LAYOUT = "packed"
 # Also compile the optimizer's update when compiling the CUDA-graph step. Off until measured on a GPU
-# (bench/bench_train.py --compile_optimizer; BENCHMARKS.md).
+# (bench/bench_train.py --modes graph+compile+optimizer; BENCHMARKS.md).
 COMPILE_OPTIMIZER = False
 
 
