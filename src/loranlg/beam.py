@@ -197,13 +197,14 @@ ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
 
 
 @torch.no_grad()
-def beam_search(model, contexts, settings, early_stop=True, stats=None, cuda_graphs=False):
+def beam_search(model, contexts, settings, early_stop=True, stats=None, cuda_graphs=False, decode=None):
     """Decode a batch of contexts (lists of ids); returns one list of eval_len ids per context.
-    cuda_graphs: replay the decode steps as CUDA graphs (beam_graph.py) when on a GPU."""
+    cuda_graphs: replay the decode steps as CUDA graphs (beam_graph.py) when on a GPU.
+    decode: the decode step itself, (tokens, cache) -> padded logits, instead (tests)."""
     device = model.transformer.wte.weight.device
-    if cuda_graphs and device.type == "cuda":
+    if decode is None and cuda_graphs and device.type == "cuda":
         decode = GraphedDecode(model)
-    else:
+    elif decode is None:
         def decode(tokens, cache):
             return model.decode_step(tokens, cache, padded=True)
     with sdpa_kernel(ATTENTION_KERNELS):

@@ -6,8 +6,10 @@ A graph is bound to one cache's tensors and one key width (kv_cache.KEY_BLOCK sl
 10); the first step at a width runs eagerly, which also warms the kernels up, and the graph is captured
 then for the steps that follow at that width.
 
-All graphs share one memory pool. That is safe here because a step's logits are used up (top-k taken)
-before the next replay, which may reuse the memory of another graph's intermediates.
+A replay runs the captured kernels on the same memory: it sees what the cache's tensors hold then, but any
+number the host computed during the capture stays as it was. So the step reads everything that changes from
+step to step from device tensors (kv_cache.py). tests/graph_emulation.py replays recorded operations the
+same way on the CPU, so the tests check this without a GPU.
 """
 
 import sys
@@ -18,14 +20,41 @@ from .kv_cache import KEY_BLOCK
 from .data import round_up
 
 
-class GraphedDecode:
-    """decode(tokens [N, B], cache) -> padded logits [N, B, V'], as model.decode_step(tokens, cache,
-    padded=True) computes them (the same kernels, so the same numbers)."""
+class CUDAGraphs:
+    """Captures CUDA graphs on a side stream, all in one memory pool. Sharing the pool is safe here because
+    a step's logits are used up (top-k taken) before the next replay, which may reuse the memory of another
+    graph's intermediates."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self):
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()
+
+    def capture(self, fn):
+        """-> (graph, fn's output): graph.replay() runs fn's kernels again and rewrites that output."""
+        graph = torch.cuda.CUDAGraph()
+        # Not torch.cuda.graph(): it also synchronises, collects garbage and empties the cache at every
+        # capture, which costs more than the few steps a graph serves here.
+        self.stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin(pool=self.pool)
+                try:
+                    output = fn()
+                finally:
+                    graph.capture_end()
+        finally:
+            torch.cuda.current_stream().wait_stream(self.stream)
+        return graph, output
+
+
+class GraphedDecode:
+    """decode(tokens [N, B], cache) -> padded logits [N, B, V'], as model.decode_step(tokens, cache,
+    padded=True) computes them (the same kernels, so the same numbers). graphs: what captures them
+    (CUDAGraphs by default)."""
+
+    def __init__(self, model, graphs=None):
+        self.model = model
+        self.graphs = graphs if graphs is not None else CUDAGraphs()
         self.broken = False  # a capture failed: the rest runs eagerly
         self.captures = self.replays = 0
 
@@ -54,23 +83,12 @@ class GraphedDecode:
 
     def capture(self, tokens, cache):
         static_tokens = tokens.clone()
-        graph = torch.cuda.CUDAGraph()
-        # Not torch.cuda.graph(): it also synchronises, collects garbage and empties the cache at every
-        # capture, which costs more than the few steps a graph serves here.
-        self.stream.wait_stream(torch.cuda.current_stream())
         try:
-            with torch.cuda.stream(self.stream):
-                graph.capture_begin(pool=self.pool)
-                try:
-                    logits = self.model.decode_logits(static_tokens, cache)
-                finally:
-                    graph.capture_end()
+            graph, logits = self.graphs.capture(lambda: self.model.decode_logits(static_tokens, cache))
         except Exception as err:  # e.g. an operation this PyTorch cannot capture
             self.broken = True
             print(f"beam search: CUDA graph capture failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                   "going on without graphs", file=sys.stderr)
             return
-        finally:
-            torch.cuda.current_stream().wait_stream(self.stream)
         cache.graphs[cache.width] = (static_tokens, graph, logits)
         self.captures += 1

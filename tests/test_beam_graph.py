@@ -1,0 +1,91 @@
+"""Beam search's graphed decode steps (beam_graph.py) on the CPU, through graph_emulation.py: captured once
+per key width, replayed at later steps, they must give the reference's outputs. tests/test_gpu.py runs the
+same search with real CUDA graphs."""
+
+import pytest
+import torch
+
+from graph_emulation import EmulatedGraphs
+from loranlg import kv_cache
+from loranlg.beam import BeamSettings, beam_search
+from loranlg.beam_graph import GraphedDecode
+from test_beam import CASES, peaked_model, random_contexts, reference_beam
+
+
+def settings(case):
+    beam, penalty, eos_ids, ngram, repetition, min_length, eval_len, _ = CASES[case]
+    return BeamSettings(beam=beam, eval_len=eval_len, length_penalty=penalty, no_repeat_ngram_size=ngram,
+                        repetition_penalty=repetition, min_length=min_length, eos_ids=eos_ids)
+
+
+def graphed_search(model, contexts, s, early_stop=True):
+    decode = GraphedDecode(model, EmulatedGraphs())
+    return beam_search(model, contexts, s, early_stop=early_stop, decode=decode), decode
+
+
+def test_the_emulation_keeps_host_numbers_and_reads_tensors_anew():
+    """What the tests below rely on: a replay sees new tensor contents, not new host values."""
+    x, host = torch.tensor([1.0, 2.0]), {"scale": 3.0}
+    graph, out = EmulatedGraphs().capture(lambda: (x * host["scale"]).sum().view(1) + x[:1])
+    x.copy_(torch.tensor([10.0, 20.0]))
+    host["scale"] = 100.0
+    graph.replay()
+    assert out.tolist() == [(10 + 20) * 3 + 10]
+    with pytest.raises(RuntimeError, match="read on the host"):
+        EmulatedGraphs().capture(lambda: x * float(x[0]))
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_graphed_steps_match_reference(case, monkeypatch):
+    # Key widths in blocks of 8 slots: these small cases then change width every few steps, and each width
+    # is captured once and replayed.
+    monkeypatch.setattr(kv_cache, "KEY_BLOCK", 8)
+    monkeypatch.setattr("loranlg.beam_graph.KEY_BLOCK", 8)
+    s = settings(case)
+    _, _, eos_ids, _, _, _, _, bias = CASES[case]
+    model = peaked_model(case, eos_ids, bias)
+    contexts = random_contexts(case, 7)
+    expected = [reference_beam(model, c, s) for c in contexts]
+    got, decode = graphed_search(model, contexts, s)
+    assert got == expected  # contexts that end early drop the graphs (the cache shrinks): fewer replays
+    assert decode.captures > 0
+    got, decode = graphed_search(model, contexts, s, early_stop=False)
+    assert got == expected
+    assert decode.replays >= decode.captures > 0
+
+
+def test_a_step_that_reads_the_step_on_the_host_is_caught(monkeypatch):
+    """The check above can fail: a cache that computes the write slots from its host-side step count (frozen
+    into each graph at its capture) gives other outputs than the reference."""
+    monkeypatch.setattr(kv_cache, "KEY_BLOCK", 8)
+    monkeypatch.setattr("loranlg.beam_graph.KEY_BLOCK", 8)
+    prepare = kv_cache.BeamCache.prepare_step
+
+    def host_step_slots(cache):
+        positions = prepare(cache)
+        cache.write_slots = cache.prompt_len + cache.steps * cache.beams + cache.places
+        return positions
+
+    monkeypatch.setattr(kv_cache.BeamCache, "prepare_step", host_step_slots)
+    s = settings(0)
+    model = peaked_model(0, CASES[0][2], CASES[0][7])
+    contexts = random_contexts(0, 7)
+    expected = [reference_beam(model, c, s) for c in contexts]
+    assert beam_search(model, contexts, s) == expected  # eager steps recompute it every step: still right
+    got, decode = graphed_search(model, contexts, s)
+    assert decode.replays > 0 and got != expected
+
+
+def test_graphed_steps_equal_eager_steps_with_a_padded_head_in_bf16():
+    """gpt2_beam.py's setting: bf16, the head padded with -inf logits, top-k in chunks over 50,304 columns,
+    beam 10 over several key widths of 64 slots. Replays run the eager step's operations: same outputs."""
+    from conftest import tiny_model
+
+    model = tiny_model(3, vocab_size=50257, n_positions=1024).to(torch.bfloat16)
+    model.pad_head_for_inference()
+    gen = torch.Generator().manual_seed(3)
+    contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (5, 40, 17)]
+    s = BeamSettings(beam=10, eval_len=24, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
+    got, decode = graphed_search(model, contexts, s)
+    assert got == beam_search(model, contexts, s)
+    assert decode.replays > decode.captures > 1
