@@ -40,14 +40,15 @@ def encode_e2e(test_txt, vocab, out_path):
     return len(records)
 
 
-def run_once(data, work_dir, batch_size, precision, args, graphs=False):
-    output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}.jsonl"
+def run_once(data, work_dir, batch_size, precision, args, graphs=False, attention="sdpa"):
+    output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}_{attention}.jsonl"
     cmd = [sys.executable, str(REPO / "src" / "gpt2_beam.py"), "--data", data, "--work_dir", work_dir,
            "--output_file", output_file, "--model_card", args.model_card,
            "--batch_size", str(batch_size), "--precision", precision, "--beam", str(args.beam),
            "--eval_len", str(args.eval_len), "--seq_len", "512", "--length_penalty", "0.8",
            "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eos_token_id", "628"]
     cmd += ["--cuda_graph"] if graphs else []
+    cmd += ["--attention", attention]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -72,6 +73,7 @@ def main():
                         help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--graphs", default="off", help="comma-separated: off (eager steps), on (--cuda_graph)")
+    parser.add_argument("--attention", default="sdpa", help="comma-separated: sdpa, triton (gpt2_beam.py --attention)")
     args = parser.parse_args()
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
@@ -87,20 +89,22 @@ def main():
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
                 for graphs in args.graphs.split(","):
-                    result = run_once(data, work_dir, batch_size, precision, args, graphs == "on")
-                    rows.append((precision, batch_size, graphs, result))
-                    print(f"done: {precision} batch {batch_size} graphs {graphs}", file=sys.stderr)
+                    for attention in args.attention.split(","):
+                        result = run_once(data, work_dir, batch_size, precision, args, graphs == "on", attention)
+                        rows.append((precision, batch_size, graphs, attention, result))
+                        print(f"done: {precision} batch {batch_size} graphs {graphs} attention {attention}",
+                              file=sys.stderr)
 
     first = {}
     print(f"\n{args.model_card}, random weights, beam {args.beam}, eval_len {args.eval_len}, "
-          f"{rows[0][3]['lines']} lines / {rows[0][3]['contexts']} distinct contexts; {device}\n")
-    print("| precision | --batch_size | CUDA graphs | end to end (s) | beam search (s) | contexts/s | "
+          f"{rows[0][4]['lines']} lines / {rows[0][4]['contexts']} distinct contexts; {device}\n")
+    print("| precision | --batch_size | CUDA graphs | attention | end to end (s) | beam search (s) | contexts/s | "
           "lines differing |")
-    print("|---|---|---|---|---|---|---|")
-    for precision, batch_size, graphs, r in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for precision, batch_size, graphs, attention, r in rows:
         reference = first.setdefault(precision, r["predictions"])
         differing = sum(a != b for a, b in zip(reference, r["predictions"]))
-        print(f"| {precision} | {batch_size} | {graphs} | {r['wall']:.1f} | {r['beam']:.1f} | "
+        print(f"| {precision} | {batch_size} | {graphs} | {attention} | {r['wall']:.1f} | {r['beam']:.1f} | "
               f"{r['contexts'] / r['beam']:.1f} | {differing} |")
 
 

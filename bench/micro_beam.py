@@ -1,7 +1,8 @@
 """Microbenchmarks of one beam-search step's two largest parts at batch 128, beam 10, GPT-2 medium shapes:
 
 1. attention of one layer over the beam cache (10 queries per context, an additive key mask) for the SDPA
-   backends and a plain matmul-softmax-matmul, against the floor of reading the keys and values once;
+   backends, a plain matmul-softmax-matmul and decode_attention.py's Triton kernel (at batch 128 and, where
+   the kernel splits the keys among programs, 16), against the floor of reading the keys and values once;
 2. the scores: from the logits [1280, 50,304] (bf16, padded head) to each context's 10 best candidates,
    the first session's way (log-softmax of everything, top-k over 502,570 candidates a context) against
    beam.top_log_probs (softmax once, each beam's 10 best logits, chunked top-k).
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
-from loranlg import beam  # noqa: E402
+from loranlg import beam, decode_attention  # noqa: E402
 
 CONTEXTS, HEADS, BEAMS, HEAD_DIM, VOCAB, PADDED_VOCAB = 128, 16, 10, 64, 50257, 50304
 BANDWIDTH = 3.0e12  # bytes/s, this H100's copy bandwidth (BENCHMARKS.md)
@@ -41,16 +42,18 @@ def matmul_attention(q, k, v, mask):
     return torch.matmul(torch.softmax(scores.float(), -1).to(q.dtype), v)
 
 
-def attention_table():
+def attention_table(contexts):
     slots = 704
-    kv = torch.randn(CONTEXTS, 2, HEADS, slots, HEAD_DIM, device="cuda", dtype=torch.bfloat16)  # one layer
-    print("| keys | efficient (used) | cuDNN | math | matmul, softmax, matmul | floor (K, V read once) |")
-    print("|---|---|---|---|---|---|")
+    kv = torch.randn(contexts, 2, HEADS, slots, HEAD_DIM, device="cuda", dtype=torch.bfloat16)  # one layer
+    print(f"{contexts} contexts")
+    print("| keys | efficient (sdpa) | cuDNN | math | matmul, softmax, matmul | Triton (--attention triton) | "
+          "its largest error / efficient's (vs fp64) | floor (K, V read once) |")
+    print("|---|---|---|---|---|---|---|---|")
     for width in (128, 384, 704):
         k, v = kv[:, 0, :, :width], kv[:, 1, :, :width]
-        qkv = torch.randn(CONTEXTS, BEAMS, 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+        qkv = torch.randn(contexts, BEAMS, 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
         q = qkv.permute(2, 0, 3, 1, 4)[0]  # a view, as the model hands it over
-        mask = torch.zeros(CONTEXTS, 1, BEAMS, width, device="cuda", dtype=torch.bfloat16)
+        mask = torch.zeros(contexts, 1, BEAMS, width, device="cuda", dtype=torch.bfloat16)
         mask.masked_fill_(torch.rand(mask.shape, device="cuda") < 0.3, float("-inf"))
         mask[..., 0] = 0
         cells = []
@@ -61,7 +64,16 @@ def attention_table():
             except RuntimeError as err:
                 cells.append(f"fails ({str(err)[:40]})")
         cells.append(f"{gpu_us(lambda: matmul_attention(q, k, v, mask)):.0f} us")
-        floor = 2 * CONTEXTS * HEADS * width * HEAD_DIM * 2 / BANDWIDTH * 1e6
+        try:
+            cells.append(f"{gpu_us(lambda: decode_attention.decode_attention(q, k, v, mask)):.0f} us")
+            exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double())
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+                theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            ours = decode_attention.decode_attention(q, k, v, mask)
+            cells.append(f"{(ours.double() - exact).abs().max():.2e} / {(theirs.double() - exact).abs().max():.2e}")
+        except Exception as err:  # noqa: BLE001 (a benchmark row, not a test)
+            cells += [f"fails ({type(err).__name__}: {str(err)[:60]})", ""]
+        floor = 2 * contexts * HEADS * width * HEAD_DIM * 2 / BANDWIDTH * 1e6
         print(f"| {width} | " + " | ".join(cells) + f" | {floor:.0f} us |")
 
 
@@ -116,7 +128,9 @@ def scores_table():
 def main():
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
-    attention_table()
+    attention_table(CONTEXTS)
+    print()
+    attention_table(16)
     print()
     scores_table()
 

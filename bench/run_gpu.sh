@@ -28,7 +28,7 @@ for item in $WHAT; do
       for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
     micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep '^|' ;;
     beam)
-      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on} 2>&1 | tee "$OUT/beam.log" | tail -12
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on --attention sdpa,triton} 2>&1 | tee "$OUT/beam.log" | tail -14
       python3 bench/hf_baseline.py beam --data "$TMP/test.jsonl" --precision bf16 ${HF_BEAM_ARGS:-} 2>&1 | tail -1 | tee -a "$OUT/beam.log" ;;
   esac
 done

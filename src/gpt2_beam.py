@@ -10,6 +10,7 @@ import os
 from loranlg.beam import PRECISIONS, run_beam
 from loranlg.distributed import add_distributed_args
 from loranlg.errors import run_cli
+from loranlg.kv_cache import ATTENTION
 from loranlg.model import CARDS
 from loranlg.tokenizer import EOT_ID
 
@@ -68,6 +69,10 @@ def build_parser():
                         help="on a GPU, replay the model's part of each decode step as a CUDA graph (the same "
                              "kernels with less host time). Experimental: not yet measured on a GPU, so off by "
                              "default (BENCHMARKS.md)")
+    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTION),
+                        help="the decode steps' attention: sdpa (PyTorch's kernels) or triton (a kernel of ours "
+                             "for few queries over a long cache; bf16/fp16 on a GPU with Triton, otherwise "
+                             "sdpa is used, with a note). Experimental: not yet measured on a GPU (default sdpa)")
     add_distributed_args(parser)
     return parser
 

@@ -119,3 +119,53 @@ def test_graphed_beam_search_equals_eager_in_bf16():
     graphed = beam_search(model, contexts, s, stats=stats, cuda_graphs=True)
     assert graphed == beam_search(model, contexts, s)
     assert stats["replays"] > stats["captures"] > 1
+
+
+needs_triton = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("triton") is None, reason="needs Triton (PyTorch's CUDA builds have it)")
+
+
+@needs_triton
+def test_triton_decode_attention_on_the_gpu_is_as_close_as_pytorchs():
+    """decode_attention.py's kernel in bf16 at gpt2.md's head shape, batch 128 (one program a pair) and 4
+    (keys split among programs): as close to float64 attention as PyTorch's memory-efficient kernel."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from loranlg.decode_attention import decode_attention
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for contexts, width in ((128, 384), (4, 704), (4, 64)):
+        kv = torch.randn(contexts, 2, 16, 704, 64, device="cuda", generator=gen).bfloat16()
+        q = torch.randn(contexts, 10, 3, 16, 64, device="cuda", generator=gen).bfloat16().permute(2, 0, 3, 1, 4)[0]
+        allowed = torch.rand(contexts, 10, width, device="cuda", generator=gen) < 0.4
+        allowed[..., 0] = True
+        mask = torch.zeros(contexts, 1, 10, width, device="cuda", dtype=torch.bfloat16)
+        mask.masked_fill_(~allowed[:, None], float("-inf"))
+        k, v = kv[:, 0, :, :width], kv[:, 1, :, :width]
+        exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double())
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ours = decode_attention(q, k, v, mask)
+        error, reference_error = (ours.double() - exact).abs().max(), (theirs.double() - exact).abs().max()
+        assert error <= 2 * reference_error + 1e-3, (contexts, width, error, reference_error)
+
+
+@needs_triton
+def test_beam_search_with_triton_attention_and_graphs():
+    """--attention triton in bf16: nearly every output as with PyTorch's attention (bf16 rounding differs, so
+    a near-tie may go the other way), and CUDA graphs replaying the kernel change nothing."""
+    from conftest import tiny_model
+    from loranlg.beam import BeamSettings, beam_search
+
+    model = tiny_model(3, n_embd=128, n_head=2, vocab_size=50257, n_positions=1024).to("cuda", torch.bfloat16)
+    model.pad_head_for_inference()
+    gen = torch.Generator().manual_seed(3)
+    contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in range(5, 45, 2)]
+    s = BeamSettings(beam=10, eval_len=40, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
+    sdpa = beam_search(model, contexts, s)
+    triton = beam_search(model, contexts, s, attention="triton")
+    assert sum(a == b for a, b in zip(sdpa, triton)) >= 0.8 * len(contexts)
+    stats = {}
+    assert beam_search(model, contexts, s, attention="triton", cuda_graphs=True, stats=stats) == triton
+    assert stats["replays"] > 0

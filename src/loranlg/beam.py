@@ -29,6 +29,7 @@ from .beam_graph import GraphedDecode
 from .data import token_list
 from .errors import InputError
 from .files import atomic_output, check_writable_dir, read_jsonl
+from .kv_cache import attention_usable
 from .model import GPT2Config
 from .tokenizer import EOT_ID
 
@@ -197,9 +198,11 @@ ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
 
 
 @torch.no_grad()
-def beam_search(model, contexts, settings, early_stop=True, stats=None, cuda_graphs=False, decode=None):
+def beam_search(model, contexts, settings, early_stop=True, stats=None, cuda_graphs=False, attention="sdpa",
+                decode=None):
     """Decode a batch of contexts (lists of ids); returns one list of eval_len ids per context.
     cuda_graphs: replay the decode steps as CUDA graphs (beam_graph.py) when on a GPU.
+    attention: the decode steps' attention kernel, "sdpa" or "triton" (kv_cache.ATTENTION).
     decode: the decode step itself, (tokens, cache) -> padded logits, instead (tests)."""
     device = model.transformer.wte.weight.device
     if decode is None and cuda_graphs and device.type == "cuda":
@@ -208,14 +211,14 @@ def beam_search(model, contexts, settings, early_stop=True, stats=None, cuda_gra
         def decode(tokens, cache):
             return model.decode_step(tokens, cache, padded=True)
     with sdpa_kernel(ATTENTION_KERNELS):
-        results = _beam_search(model, contexts, settings, early_stop, stats, decode)
+        results = _beam_search(model, contexts, settings, early_stop, stats, decode, attention)
     if stats is not None:
         for name in ("captures", "replays"):
             stats[name] = stats.get(name, 0) + getattr(decode, name, 0)
     return results
 
 
-def _beam_search(model, contexts, settings, early_stop, stats, decode):
+def _beam_search(model, contexts, settings, early_stop, stats, decode, attention):
     device = model.transformer.wte.weight.device
     dtype = score_dtype(model)
     beams, eval_len = settings.beam, settings.eval_len
@@ -223,7 +226,7 @@ def _beam_search(model, contexts, settings, early_stop, stats, decode):
     vocab = model.config.vocab_size
     if beams > vocab:
         raise InputError(f"--beam {beams} is larger than the vocabulary ({vocab})")
-    cache = model.new_cache(len(contexts), beams, ids.shape[1], eval_len - 1, device)
+    cache = model.new_cache(len(contexts), beams, ids.shape[1], eval_len - 1, device, attention=attention)
     beam_scores, tokens = top_log_probs(model.prefill(ids, lengths, cache, padded=True), None, settings, dtype,
                                         beams)  # [N, B] each
     history = tokens.reshape(-1, 1)  # [N*B, steps]
@@ -330,12 +333,12 @@ class Progress:
             self.bar.finish()
 
 
-def decode_contexts(model, batches, settings, progress, cuda_graphs=False):
+def decode_contexts(model, batches, settings, progress, cuda_graphs=False, attention="sdpa"):
     """{context: ids} for every context of these batches."""
     results = {}
     for batch in batches:
         for context, ids in zip(batch, beam_search(model, list(map(list, batch)), settings,
-                                                   cuda_graphs=cuda_graphs)):
+                                                   cuda_graphs=cuda_graphs, attention=attention)):
             results[context] = ids
         progress.advance(len(batch))
     return results
@@ -403,12 +406,19 @@ def run_beam(args):
             print(f"note: {cut} context(s) longer than seq_len - eval_len = {args.seq_len - args.eval_len} "
                   "tokens keep only their last tokens, as in the original", file=sys.stderr)
         model = load_model(args, ctx.device)
+        attention = args.attention
+        if not attention_usable(attention, PRECISIONS[args.precision], ctx.device):
+            if ctx.is_main:
+                print(f"note: --attention {attention} needs Triton and a bf16/fp16 model on a GPU; using sdpa",
+                      file=sys.stderr)
+            attention = "sdpa"
         batches = distinct_batches(contexts, args.batch_size, ctx.rank, ctx.world_size)
         mine = sum(map(len, batches))
         label = f"beam (rank 0 of {ctx.world_size})" if ctx.distributed else "beam"
         progress = Progress(mine, enabled=ctx.is_main, label=label)
         start = time.perf_counter()
-        results = decode_contexts(model, batches, settings, progress, cuda_graphs=args.cuda_graph)
+        results = decode_contexts(model, batches, settings, progress, cuda_graphs=args.cuda_graph,
+                                  attention=attention)
         progress.finish()
         gathered = gather_objects(results, ctx)
         if ctx.is_main:

@@ -21,14 +21,27 @@ step number reads it from the device tensor `step`, so that a captured step repl
 import torch
 import torch.nn.functional as F
 
+from . import decode_attention
 from .data import round_up
 
 KEY_BLOCK = 64  # slots attended per step: the used ones rounded up to this
+ATTENTION = ("sdpa", "triton")  # a decode step's attention: PyTorch's, or decode_attention.py's kernel
+
+
+def attention_usable(attention, dtype, device):
+    """Whether the decode steps can use `attention` for a cache of this dtype on this device."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    return attention == "sdpa" or decode_attention.available(torch.empty(0, dtype=dtype, device=device))
 
 
 class BeamCache:
-    def __init__(self, config, contexts, beams, prompt_len, steps, device=None, dtype=torch.float32):
+    def __init__(self, config, contexts, beams, prompt_len, steps, device=None, dtype=torch.float32,
+                 attention="sdpa"):
         self.beams, self.prompt_len = beams, prompt_len
+        # decode_attention.py's kernel where it runs, else PyTorch's (gpt2_beam.py says so up front)
+        self.triton = (attention == "triton" and attention_usable(attention, dtype, device)
+                       and decode_attention.supports(beams, config.head_dim))
         self.slots = round_up(prompt_len + steps * beams, KEY_BLOCK)
         shape = (contexts, config.n_layer, 2, config.n_head, self.slots, config.head_dim)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
@@ -93,7 +106,10 @@ class BeamCache:
             return F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], is_causal=True)
         cache.index_copy_(3, self.write_slots, kv.to(cache.dtype))  # autocast may hand us another dtype
         keys, values = cache[:, 0, :, :self.width], cache[:, 1, :, :self.width]
-        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=self.mask)
+        if self.triton:
+            out = decode_attention.decode_attention(q.to(keys.dtype), keys, values, self.mask)
+        else:
+            out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=self.mask)
         return out.to(q.dtype)
 
     def reorder_beams(self, parents):

@@ -195,11 +195,11 @@ class GPT2LMModel(nn.Module):
     def forward(self, input_ids):
         return self.lm_logits(self.hidden_states(input_ids))
 
-    def new_cache(self, contexts, beams, prompt_len, steps, device=None, dtype=None):
+    def new_cache(self, contexts, beams, prompt_len, steps, device=None, dtype=None, attention="sdpa"):
         """A BeamCache for `contexts` prompts right-padded to prompt_len, `beams` beams each, `steps` tokens."""
         weight = self.transformer.wte.weight
         return BeamCache(self.config, contexts, beams, prompt_len, steps, device or weight.device,
-                         dtype or weight.dtype)
+                         dtype or weight.dtype, attention)
 
     def prefill(self, input_ids, lengths, cache, padded=False):
         """Prompts right-padded to one length [N, P]; returns the logits after each one's last token [N, V]
