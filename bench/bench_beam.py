@@ -3,9 +3,13 @@
     python bench/bench_beam.py --test_txt ../shared/data/e2e/test.txt --vocab ../shared/vocab
     python bench/bench_beam.py --data data/e2e/test.jsonl           # an encoded jsonl instead
 
-Each row runs `python src/gpt2_beam.py` as a user would (process start, CUDA init, model build, reading the
-data, beam search, writing the output): gpt2.md with random weights (they rarely emit EOS, so every context
-runs all eval_len steps: the worst case), beam 10, eval_len 64, the E2E recipe's other flags. It prints one
+Each row runs `python src/gpt2_beam.py` as a user would (process start, CUDA init, model build, loading the
+weights, reading the data, beam search, writing the output): gpt2.md with random weights (they rarely emit
+EOS, so every context runs all eval_len steps: the worst case), beam 10, eval_len 64, the E2E recipe's other
+flags. The weights are read from files as scripts/beam_e2e.sh reads them (`--weights file`, default): the
+base model as the hub's fp32 pytorch_model.bin (1.4 GB for gpt2.md) and a LoRA checkpoint (r = 4 on q, v)
+merged into it; written once before the timed rows (the operating system's file cache then holds them, as
+it would after the download or the training run). It prints one
 table: wall seconds end to end, the beam search's own seconds and distinct contexts per second, and how many
 output lines differ from the first row's of the same precision (neither the batch size nor CUDA graphs may
 change the output; bf16 may, at near-ties between batch sizes).
@@ -40,6 +44,25 @@ def encode_e2e(test_txt, vocab, out_path):
     return len(records)
 
 
+def write_checkpoints(work_dir, card):
+    """Random base weights under the hub's key names (`wte.weight`, `h.0.attn.c_attn.weight`, ...) and a
+    LoRA checkpoint of rank 4 with nonzero B (so that merging changes the weights); returns their paths."""
+    import torch
+    from loranlg.checkpoint import build_model, save_lora
+
+    torch.manual_seed(0)
+    model = build_model(card, lora_dim=4, lora_alpha=32)
+    base = os.path.join(work_dir, "pytorch_model.bin")
+    torch.save({k: v for k, v in model.transformer.state_dict().items() if "lora_" not in k}, base)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.01)
+    lora = os.path.join(work_dir, "lora.pt")
+    save_lora(model, lora)
+    return ["--init_checkpoint", base, "--lora_checkpoint", lora, "--lora_dim", "4", "--lora_alpha", "32"]
+
+
 def run_once(data, work_dir, batch_size, precision, args, graphs=False, attention="sdpa"):
     output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}_{attention}.jsonl"
     cmd = [sys.executable, str(REPO / "src" / "gpt2_beam.py"), "--data", data, "--work_dir", work_dir,
@@ -47,6 +70,7 @@ def run_once(data, work_dir, batch_size, precision, args, graphs=False, attentio
            "--batch_size", str(batch_size), "--precision", precision, "--beam", str(args.beam),
            "--eval_len", str(args.eval_len), "--seq_len", "512", "--length_penalty", "0.8",
            "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eos_token_id", "628"]
+    cmd += args.weight_args
     cmd += ["--cuda_graph"] if graphs else []
     cmd += ["--attention", attention]
     start = time.perf_counter()
@@ -74,6 +98,9 @@ def main():
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--graphs", default="off", help="comma-separated: off (eager steps), on (--cuda_graph)")
     parser.add_argument("--attention", default="sdpa", help="comma-separated: sdpa, triton (gpt2_beam.py --attention)")
+    parser.add_argument("--weights", default="file", choices=("file", "random"),
+                        help="file: load base + LoRA checkpoints written before the timed rows (default); random: "
+                             "gpt2_beam.py's seeded random weights, no file read")
     args = parser.parse_args()
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
@@ -85,6 +112,7 @@ def main():
                 parser.error("give --data, or --test_txt and --vocab")
             data = os.path.join(work_dir, "test.jsonl")
             encode_e2e(args.test_txt, args.vocab, data)
+        args.weight_args = write_checkpoints(work_dir, args.model_card) if args.weights == "file" else []
         rows = []
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
@@ -96,7 +124,8 @@ def main():
                               file=sys.stderr)
 
     first = {}
-    print(f"\n{args.model_card}, random weights, beam {args.beam}, eval_len {args.eval_len}, "
+    weights = "random weights read from a .bin + LoRA file" if args.weights == "file" else "random weights (no file)"
+    print(f"\n{args.model_card}, {weights}, beam {args.beam}, eval_len {args.eval_len}, "
           f"{rows[0][4]['lines']} lines / {rows[0][4]['contexts']} distinct contexts; {device}\n")
     print("| precision | --batch_size | CUDA graphs | attention | end to end (s) | beam search (s) | contexts/s | "
           "lines differing |")
