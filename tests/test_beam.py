@@ -274,6 +274,22 @@ def test_errors_are_clear(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "beam_prediction.jsonl").exists()
 
 
+def test_gpu_only_options_fall_back_on_the_cpu(tmp_path, tiny_checkpoint):
+    """--attention triton and --cuda_graph on the CPU: a note for the kernel, PyTorch's path, same output."""
+    checkpoint, model = tiny_checkpoint
+    gen = torch.Generator().manual_seed(8)
+    contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() + [50256] for n in (4, 9)]
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, [{"context": c} for c in contexts])
+    done = run_script("gpt2_beam.py", "--data", data, "--init_checkpoint", checkpoint, "--work_dir", tmp_path,
+                      "--device", "cpu", "--attention", "triton", "--cuda_graph", *BEAM_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--attention triton needs Triton and a bf16/fp16 model on a GPU; using sdpa" in done.stderr
+    got = [json.loads(line)["predict"] for line in (tmp_path / "beam_prediction.jsonl").read_text().splitlines()]
+    s = BeamSettings(beam=3, eval_len=6, length_penalty=0.8, no_repeat_ngram_size=2, eos_ids=(50256, 628))
+    assert got == [reference_beam(model, c, s) for c in contexts]
+
+
 def test_lora_checkpoint_is_applied(tmp_path):
     """A full checkpoint with LoRA tensors decodes like the unmerged LoRA model (the command merges it)."""
     from loranlg.checkpoint import build_model
