@@ -27,11 +27,12 @@ BLOCK_QUERIES = 16
 TARGET_PROGRAMS = 528  # split the keys until about 4 programs an SM of an H100 (132 SMs)
 
 
-def available(tensor):
-    """Whether the kernel can run for this tensor: Triton present, bf16/fp16, on a GPU (or interpreted)."""
-    if importlib.util.find_spec("triton") is None or tensor.dtype not in (torch.bfloat16, torch.float16):
+def available(dtype, device):
+    """Whether the kernel can run on tensors of this dtype and device: Triton present, bf16/fp16, on a GPU
+    (or in Triton's interpreter)."""
+    if importlib.util.find_spec("triton") is None or dtype not in (torch.bfloat16, torch.float16):
         return False
-    return tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return torch.device(device or "cpu").type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def supports(queries, head_dim):

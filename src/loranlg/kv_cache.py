@@ -32,7 +32,7 @@ def attention_usable(attention, dtype, device):
     """Whether the decode steps can use `attention` for a cache of this dtype on this device."""
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-    return attention == "sdpa" or decode_attention.available(torch.empty(0, dtype=dtype, device=device))
+    return attention == "sdpa" or decode_attention.available(dtype, device)
 
 
 class BeamCache:
