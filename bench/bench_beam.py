@@ -44,14 +44,21 @@ def encode_e2e(test_txt, vocab, out_path):
     return len(records)
 
 
-def write_checkpoints(work_dir, card):
+def write_checkpoints(work_dir, card, end_at=None):
     """Random base weights under the hub's key names (`wte.weight`, `h.0.attn.c_attn.weight`, ...) and a
-    LoRA checkpoint of rank 4 with nonzero B (so that merging changes the weights); returns their paths."""
+    LoRA checkpoint of rank 4 with nonzero B (so that merging changes the weights); returns gpt2_beam.py's
+    flags that load them. end_at: from this position on, every position embedding also points at the
+    embedding of "\n\n" (628, an EOS id of the recipe), so that hypotheses end there or soon after, as a
+    trained model's do, instead of running eval_len steps."""
     import torch
     from loranlg.checkpoint import build_model, save_lora
 
     torch.manual_seed(0)
     model = build_model(card, lora_dim=4, lora_alpha=32)
+    if end_at is not None:
+        with torch.no_grad():
+            eos = model.transformer.wte.weight[628]
+            model.transformer.wpe.weight[end_at:] += 1000 * eos / eos.norm()  # dwarfs 24 random layers
     base = os.path.join(work_dir, "pytorch_model.bin")
     torch.save({k: v for k, v in model.transformer.state_dict().items() if "lora_" not in k}, base)
     with torch.no_grad():
@@ -101,6 +108,10 @@ def main():
     parser.add_argument("--weights", default="file", choices=("file", "random"),
                         help="file: load base + LoRA checkpoints written before the timed rows (default); random: "
                              "gpt2_beam.py's seeded random weights, no file read")
+    parser.add_argument("--end_at", type=int, default=None, metavar="POSITION",
+                        help="with --weights file: weights whose hypotheses end from this position on (E2E test "
+                             "contexts have 21-47 tokens: 60 ends most after 15-40 steps), so that contexts finish "
+                             "early and leave the batch as with a trained model (default: never)")
     args = parser.parse_args()
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
@@ -112,7 +123,8 @@ def main():
                 parser.error("give --data, or --test_txt and --vocab")
             data = os.path.join(work_dir, "test.jsonl")
             encode_e2e(args.test_txt, args.vocab, data)
-        args.weight_args = write_checkpoints(work_dir, args.model_card) if args.weights == "file" else []
+        args.weight_args = (write_checkpoints(work_dir, args.model_card, args.end_at) if args.weights == "file"
+                            else [])
         rows = []
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
@@ -125,6 +137,8 @@ def main():
 
     first = {}
     weights = "random weights read from a .bin + LoRA file" if args.weights == "file" else "random weights (no file)"
+    if args.weights == "file" and args.end_at is not None:
+        weights += f", hypotheses ending from position {args.end_at} on"
     print(f"\n{args.model_card}, {weights}, beam {args.beam}, eval_len {args.eval_len}, "
           f"{rows[0][4]['lines']} lines / {rows[0][4]['contexts']} distinct contexts; {device}\n")
     print("| precision | --batch_size | CUDA graphs | attention | end to end (s) | beam search (s) | contexts/s | "
