@@ -113,6 +113,8 @@ def main():
                              "contexts have 21-47 tokens: 60 ends most after 15-40 steps), so that contexts finish "
                              "early and leave the batch as with a trained model (default: never)")
     args = parser.parse_args()
+    if args.end_at is not None and args.weights != "file":
+        parser.error("--end_at changes the weights written to files: it needs --weights file")
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
 
