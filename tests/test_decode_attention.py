@@ -114,10 +114,17 @@ def test_kernels_compile_for_an_h100():
         assert compiled.asm["cubin"]
 
 
-def test_without_a_gpu_the_cache_keeps_pytorch_attention():
+def test_without_a_gpu_the_cache_keeps_pytorchs_attention(monkeypatch):
     from loranlg.kv_cache import attention_usable
 
-    assert not attention_usable("triton", torch.float32, torch.device("cpu"))
-    assert attention_usable("sdpa", torch.bfloat16, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # where the kernel runs on the CPU, for these shapes only
+    assert attention_usable("triton", torch.float16, cpu, 10, 64)
+    assert not attention_usable("triton", torch.float32, cpu, 10, 64)
+    assert not attention_usable("triton", torch.float16, cpu, 17, 64)  # more beams than a tile's rows
+    assert not attention_usable("triton", torch.float16, cpu, 10, 8)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not attention_usable("triton", torch.bfloat16, cpu, 10, 64)  # not interpreted here: no GPU
+    assert attention_usable("sdpa", torch.bfloat16, cpu, 10, 64)
     with pytest.raises(ValueError, match="attention must be one of"):
-        attention_usable("flash", torch.bfloat16, torch.device("cpu"))
+        attention_usable("flash", torch.bfloat16, cpu, 10, 64)

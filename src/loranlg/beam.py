@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .beam_graph import GraphedDecode
 from .data import token_list
+from .decode_attention import BLOCK_QUERIES
 from .errors import InputError
 from .files import atomic_output, check_writable_dir, read_jsonl
 from .kv_cache import attention_usable
@@ -407,10 +408,10 @@ def run_beam(args):
                   "tokens keep only their last tokens, as in the original", file=sys.stderr)
         model = load_model(args, ctx.device)
         attention = args.attention
-        if not attention_usable(attention, PRECISIONS[args.precision], ctx.device):
+        if not attention_usable(attention, PRECISIONS[args.precision], ctx.device, args.beam, config.head_dim):
             if ctx.is_main:
-                print(f"note: --attention {attention} needs Triton and a bf16/fp16 model on a GPU; using sdpa",
-                      file=sys.stderr)
+                print(f"note: --attention {attention} needs Triton, a bf16/fp16 model on a GPU, at most "
+                      f"{BLOCK_QUERIES} beams and heads of 16 to 128; using sdpa", file=sys.stderr)
             attention = "sdpa"
         batches = distinct_batches(contexts, args.batch_size, ctx.rank, ctx.world_size)
         mine = sum(map(len, batches))

@@ -28,11 +28,13 @@ KEY_BLOCK = 64  # slots attended per step: the used ones rounded up to this
 ATTENTION = ("sdpa", "triton")  # a decode step's attention: PyTorch's, or decode_attention.py's kernel
 
 
-def attention_usable(attention, dtype, device):
-    """Whether the decode steps can use `attention` for a cache of this dtype on this device."""
+def attention_usable(attention, dtype, device, beams, head_dim):
+    """Whether the decode steps can use `attention` for a cache of this dtype on this device, with this many
+    beams (queries per context) and heads of this size."""
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-    return attention == "sdpa" or decode_attention.available(dtype, device)
+    return attention == "sdpa" or (decode_attention.available(dtype, device)
+                                   and decode_attention.supports(beams, head_dim))
 
 
 class BeamCache:
@@ -40,8 +42,7 @@ class BeamCache:
                  attention="sdpa"):
         self.beams, self.prompt_len = beams, prompt_len
         # decode_attention.py's kernel where it runs, else PyTorch's (gpt2_beam.py says so up front)
-        self.triton = (attention == "triton" and attention_usable(attention, dtype, device)
-                       and decode_attention.supports(beams, config.head_dim))
+        self.triton = attention == "triton" and attention_usable(attention, dtype, device, beams, config.head_dim)
         self.slots = round_up(prompt_len + steps * beams, KEY_BLOCK)
         shape = (contexts, config.n_layer, 2, config.n_head, self.slots, config.head_dim)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
