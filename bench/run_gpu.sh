@@ -26,7 +26,7 @@ for item in $WHAT; do
       python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph,graph+compile,graph+compile+optimizer --precisions bf16 --layouts packed} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -3
       python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -1
       for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
-    micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep '^|' ;;
+    micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep -E '^\||contexts$' ;;
     beam)
       python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on --attention sdpa,triton} 2>&1 | tee "$OUT/beam.log" | tail -14
       # hypotheses that end early (as a trained model's): contexts leave the batch, the cache shrinks
