@@ -49,12 +49,8 @@ class _Recorder(TorchDispatchMode):
 class EmulatedGraphs:
     """beam_graph.CUDAGraphs' interface on any device."""
 
-    def __init__(self):
-        self.captured = []
-
     def capture(self, fn):
         graph = RecordedGraph()
         with _Recorder(graph.operations):
             output = fn()
-        self.captured.append(graph)
         return graph, output

@@ -108,15 +108,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_fast_path_matches_reference(case):
+def reference_case(case):
+    """CASES[case] as (settings, its peaked model, 7 random contexts)."""
     beam, penalty, eos_ids, ngram, repetition, min_length, eval_len, bias = CASES[case]
     s = BeamSettings(beam=beam, eval_len=eval_len, length_penalty=penalty, no_repeat_ngram_size=ngram,
                      repetition_penalty=repetition, min_length=min_length, eos_ids=eos_ids)
-    model = peaked_model(case, eos_ids, bias)
-    contexts = random_contexts(case, 7)
+    return s, peaked_model(case, eos_ids, bias), random_contexts(case, 7)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_fast_path_matches_reference(case):
+    s, model, contexts = reference_case(case)
     expected = [reference_beam(model, c, s) for c in contexts]
-    assert all(len(ids) == eval_len for ids in expected)
+    assert all(len(ids) == s.eval_len for ids in expected)
     for batch_size in (1, 3, 7):
         got = []
         for start in range(0, len(contexts), batch_size):
@@ -129,18 +133,16 @@ def test_fast_path_matches_reference(case):
 def test_cases_end_early_and_stop_early():
     """The cases above exercise what they claim: hypotheses that end before eval_len, the early stop."""
     ended, stopped = 0, 0
-    for case, (beam, penalty, eos_ids, ngram, repetition, min_length, eval_len, bias) in enumerate(CASES):
-        s = BeamSettings(beam=beam, eval_len=eval_len, length_penalty=penalty, no_repeat_ngram_size=ngram,
-                         repetition_penalty=repetition, min_length=min_length, eos_ids=eos_ids)
-        contexts = random_contexts(case, 7)
+    for case in range(len(CASES)):
+        s, model, contexts = reference_case(case)
         stats = {}
-        outputs = beam_search(peaked_model(case, eos_ids, bias), contexts, s, stats=stats)
+        outputs = beam_search(model, contexts, s, stats=stats)
         for ids in outputs:
             last = max(i for i, t in enumerate(ids) if t != 0) if any(ids) else -1
-            if 0 <= last < eval_len - 1 and ids[last] in eos_ids:
+            if 0 <= last < s.eval_len - 1 and ids[last] in s.eos_ids:
                 ended += 1
-                assert last + 1 >= min_length
-        stopped += stats["context_steps"] < len(contexts) * eval_len
+                assert last + 1 >= s.min_length
+        stopped += stats["context_steps"] < len(contexts) * s.eval_len
     assert ended >= 10
     assert stopped >= 3
 

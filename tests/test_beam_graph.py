@@ -9,13 +9,7 @@ from graph_emulation import EmulatedGraphs
 from loranlg import kv_cache
 from loranlg.beam import BeamSettings, beam_search
 from loranlg.beam_graph import GraphedDecode
-from test_beam import CASES, peaked_model, random_contexts, reference_beam
-
-
-def settings(case):
-    beam, penalty, eos_ids, ngram, repetition, min_length, eval_len, _ = CASES[case]
-    return BeamSettings(beam=beam, eval_len=eval_len, length_penalty=penalty, no_repeat_ngram_size=ngram,
-                        repetition_penalty=repetition, min_length=min_length, eos_ids=eos_ids)
+from test_beam import CASES, reference_beam, reference_case
 
 
 def graphed_search(model, contexts, s, early_stop=True):
@@ -40,11 +34,7 @@ def test_graphed_steps_match_reference(case, monkeypatch):
     # Key widths in blocks of 8 slots: these small cases then change width every few steps, and each width
     # is captured once and replayed.
     monkeypatch.setattr(kv_cache, "KEY_BLOCK", 8)
-    monkeypatch.setattr("loranlg.beam_graph.KEY_BLOCK", 8)
-    s = settings(case)
-    _, _, eos_ids, _, _, _, _, bias = CASES[case]
-    model = peaked_model(case, eos_ids, bias)
-    contexts = random_contexts(case, 7)
+    s, model, contexts = reference_case(case)
     expected = [reference_beam(model, c, s) for c in contexts]
     got, decode = graphed_search(model, contexts, s)
     assert got == expected  # contexts that end early drop the graphs (the cache shrinks): fewer replays
@@ -58,7 +48,6 @@ def test_a_step_that_reads_the_step_on_the_host_is_caught(monkeypatch):
     """The check above can fail: a cache that computes the write slots from its host-side step count (frozen
     into each graph at its capture) gives other outputs than the reference."""
     monkeypatch.setattr(kv_cache, "KEY_BLOCK", 8)
-    monkeypatch.setattr("loranlg.beam_graph.KEY_BLOCK", 8)
     prepare = kv_cache.BeamCache.prepare_step
 
     def host_step_slots(cache):
@@ -67,9 +56,7 @@ def test_a_step_that_reads_the_step_on_the_host_is_caught(monkeypatch):
         return positions
 
     monkeypatch.setattr(kv_cache.BeamCache, "prepare_step", host_step_slots)
-    s = settings(0)
-    model = peaked_model(0, CASES[0][2], CASES[0][7])
-    contexts = random_contexts(0, 7)
+    s, model, contexts = reference_case(0)
     expected = [reference_beam(model, c, s) for c in contexts]
     assert beam_search(model, contexts, s) == expected  # eager steps recompute it every step: still right
     got, decode = graphed_search(model, contexts, s)

@@ -89,14 +89,11 @@ def test_cuda_graph_run_resumed_ends_with_the_same_weights(tmp_path, e2e_records
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_beam_search_on_the_gpu_matches_the_reference(dtype):
-    from loranlg.beam import BeamSettings, beam_search
-    from test_beam import CASES, peaked_model, random_contexts, reference_beam
+    from loranlg.beam import beam_search
+    from test_beam import CASES, reference_beam, reference_case
 
-    for case, (beam, penalty, eos_ids, ngram, repetition, min_length, eval_len, bias) in enumerate(CASES):
-        s = BeamSettings(beam=beam, eval_len=eval_len, length_penalty=penalty, no_repeat_ngram_size=ngram,
-                         repetition_penalty=repetition, min_length=min_length, eos_ids=eos_ids)
-        model = peaked_model(case, eos_ids, bias)
-        contexts = random_contexts(case, 7)
+    for case in range(len(CASES)):
+        s, model, contexts = reference_case(case)
         expected = [reference_beam(model, c, s) for c in contexts]
         stats = {}
         assert beam_search(model.to("cuda", dtype), contexts, s, stats=stats, cuda_graphs=True) == expected, \

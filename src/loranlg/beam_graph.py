@@ -16,9 +16,6 @@ import sys
 
 import torch
 
-from .kv_cache import KEY_BLOCK
-from .data import round_up
-
 
 class CUDAGraphs:
     """Captures CUDA graphs on a side stream, all in one memory pool. Sharing the pool is safe here because
@@ -77,9 +74,7 @@ class GraphedDecode:
     def later_steps_at_width(cache):
         """Whether a later step attends to as many slots as this one (only then a graph can pay)."""
         later = cache.steps + 1
-        if later >= cache.ancestors.shape[2]:
-            return False
-        return min(round_up(cache.prompt_len + (later + 1) * cache.beams, KEY_BLOCK), cache.slots) == cache.width
+        return later < cache.ancestors.shape[2] and cache.width_at(later) == cache.width
 
     def capture(self, tokens, cache):
         static_tokens = tokens.clone()

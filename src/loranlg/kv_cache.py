@@ -74,7 +74,11 @@ class BeamCache:
         if self.steps >= self.ancestors.shape[2]:
             raise ValueError(f"the cache holds {self.ancestors.shape[2]} generated steps; all are used")
         self.step.fill_(self.steps)
-        self.width = min(round_up(self.prompt_len + (self.steps + 1) * self.beams, KEY_BLOCK), self.slots)
+        self.width = self.width_at(self.steps)
+
+    def width_at(self, steps):
+        """Slots attended by the decode step after `steps` stored ones: the used ones rounded up to KEY_BLOCK."""
+        return min(round_up(self.prompt_len + (steps + 1) * self.beams, KEY_BLOCK), self.slots)
 
     def prepare_step(self):
         """The step's device-side state, from `step` alone: the new tokens sit in their own places, where
