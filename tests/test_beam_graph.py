@@ -37,11 +37,44 @@ def test_graphed_steps_match_reference(case, monkeypatch):
     s, model, contexts = reference_case(case)
     expected = [reference_beam(model, c, s) for c in contexts]
     got, decode = graphed_search(model, contexts, s)
-    assert got == expected  # contexts that end early drop the graphs (the cache shrinks): fewer replays
+    assert got == expected
     assert decode.captures > 0
     got, decode = graphed_search(model, contexts, s, early_stop=False)
     assert got == expected
     assert decode.replays >= decode.captures > 0
+
+
+class StepLog(GraphedDecode):
+    """GraphedDecode that notes each step as (key width, contexts in the cache, how it ran: "replay",
+    "capture" (eager, then captured) or "eager")."""
+
+    def __init__(self, model):
+        super().__init__(model, EmulatedGraphs())
+        self.log = []
+
+    def __call__(self, tokens, cache):
+        width, replays, captures = cache.width_at(cache.steps), self.replays, self.captures
+        logits = super().__call__(tokens, cache)
+        how = "replay" if self.replays > replays else "capture" if self.captures > captures else "eager"
+        self.log.append((width, cache.contexts, how))
+        return logits
+
+
+def test_finished_contexts_leave_the_batch_only_when_a_new_graph_is_due(monkeypatch):
+    """Dropping contexts discards the cache's graphs, so with graphs it waits for the next key width: once a
+    width has a graph, every later step at that width replays it. Contexts do leave the batches, and the
+    outputs stay the reference's."""
+    monkeypatch.setattr(kv_cache, "KEY_BLOCK", 8)
+    shrunk = 0
+    for case in range(len(CASES)):
+        s, model, contexts = reference_case(case)
+        decode = StepLog(model)
+        assert beam_search(model, contexts, s, decode=decode) == [reference_beam(model, c, s) for c in contexts]
+        for step, (width, _, how) in enumerate(decode.log):
+            if any(w == width and h != "eager" for w, _, h in decode.log[:step]):
+                assert how == "replay", (case, step, decode.log)
+        shrunk += sum(count < len(contexts) for _, count, _ in decode.log)
+    assert shrunk > 0  # some contexts left a batch while graphs were in use
 
 
 def test_a_step_that_reads_the_step_on_the_host_is_caught(monkeypatch):

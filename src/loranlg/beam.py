@@ -198,6 +198,18 @@ class LaggedFlags:
 ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def worth_dropping(done, cache):
+    """Whether to drop the finished contexts from the batch now. All finished: the batch ends. Otherwise a
+    quarter must have finished to be worth copying the cache, and the next step must have no CUDA graph
+    (beam_graph.py): dropping rows discards the cache's graphs, so with graphs the drop waits for the next key
+    width, which needs a new graph anyway (at most KEY_BLOCK / beams steps; finished contexts cannot change
+    their result, LaggedFlags). Without graphs there are none to wait for."""
+    finished = sum(done)
+    if finished == len(done):
+        return True
+    return finished * 4 >= len(done) and cache.width_at(cache.steps) not in cache.graphs
+
+
 @torch.no_grad()
 def beam_search(model, contexts, settings, early_stop=True, stats=None, cuda_graphs=False, attention="sdpa",
                 decode=None):
@@ -241,7 +253,7 @@ def _beam_search(model, contexts, settings, early_stop, stats, decode, attention
     context_steps = len(contexts)
     for step in range(1, eval_len):
         done = finished.take() if finished is not None else None
-        if done is not None and sum(done) * 4 >= len(done):  # all, or enough to be worth copying the cache
+        if done is not None and worth_dropping(done, cache):
             for row, position in enumerate(active):
                 if done[row]:
                     results[position] = best.ids[row].tolist()
