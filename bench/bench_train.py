@@ -32,6 +32,7 @@ from loranlg.encode import encode_pairs  # noqa: E402
 from loranlg.formats import e2e_examples  # noqa: E402
 from loranlg.graphed_step import GraphedTrainStep  # noqa: E402
 from loranlg.tokenizer import GPT2BPE  # noqa: E402
+from loranlg import packed_attention  # noqa: E402
 from loranlg import train as train_module  # noqa: E402
 from loranlg.train import load_datasets, train  # noqa: E402
 
@@ -50,7 +51,9 @@ def encode_e2e_valid(shared, out_path):
 LOG_EVERY = 20  # steps per metrics record (and host sync); --warmup and --steps are multiples of it
 MODES = {"eager": ["--no_cuda_graph", "--compile", "off"], "graph": ["--compile", "off"],
          "graph+compile": ["--compile", "auto"],  # gpt2_ft.py's default
-         "graph+compile+optimizer": ["--compile", "auto"]}  # and train.COMPILE_OPTIMIZER (off by default)
+         # switches off by default until measured: train.COMPILE_OPTIMIZER, packed_attention.KERNEL = "varlen"
+         "graph+compile+optimizer": ["--compile", "auto"], "graph+compile+varlen": ["--compile", "auto"],
+         "graph+compile+optimizer+varlen": ["--compile", "auto"]}
 
 
 class ReplayTimes:
@@ -103,7 +106,11 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
             "--max_step", str(warmup + steps), "--log_interval", str(LOG_EVERY), "--eval_interval", "1000000",
             "--save_interval", "1000000", "--work_dir", work_dir]
     argv += MODES[mode]
-    train_module.COMPILE_OPTIMIZER = mode == "graph+compile+optimizer"
+    train_module.COMPILE_OPTIMIZER = "+optimizer" in mode
+    attention = "varlen" if "+varlen" in mode else "gather"
+    if packed_attention.set_kernel(attention) != attention:
+        print("note: no variable-length attention kernel here (PyTorch 2.10+ and an sm80+ GPU): the gathered "
+              "attention runs instead", file=sys.stderr)
     if ctx.device.type == "cpu":
         argv += ["--device", "cpu"]
     args = build_parser().parse_args(argv)

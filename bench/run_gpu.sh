@@ -23,7 +23,7 @@ for item in $WHAT; do
     train)
       # eager steps need no warm-up epoch (nothing is captured or compiled)
       python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -2
-      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph,graph+compile,graph+compile+optimizer --precisions bf16 --layouts packed} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -3
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile+optimizer,graph+compile+varlen,graph+compile+optimizer+varlen --precisions bf16 --layouts packed} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -4
       python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -1
       for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
     micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep -E '^\||contexts$' ;;

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gpt2_ft import main
+from loranlg import packed_attention
 from conftest import encoded_e2e_sample
 from test_train import write_jsonl
 
@@ -166,3 +167,54 @@ def test_beam_search_with_triton_attention_and_graphs():
     stats = {}
     assert beam_search(model, contexts, s, attention="triton", cuda_graphs=True, stats=stats) == triton
     assert stats["replays"] > 0
+
+
+needs_varlen = pytest.mark.skipif(packed_attention.VARLEN_ATTN is None,
+                                  reason="needs torch.nn.attention.varlen (PyTorch 2.10+)")
+
+
+@needs_varlen
+@pytest.mark.parametrize("lengths", ["e2e", [64] * 8])
+def test_varlen_packed_attention_is_as_close_as_the_gathered_one(lengths):
+    """packed_attention.py's two kernels on a packed bf16 batch of gpt2.md's head shape, 8 examples of E2E
+    lengths then the row's padding (or 8 x 64 tokens: no padding, an empty last example): output and input
+    gradient as close to float64 as each other, and finite everywhere."""
+    from loranlg import packed_attention as pa
+    from loranlg.data import PACKING_KEYS, collate_packed
+
+    gen = torch.Generator().manual_seed(0)
+    if lengths == "e2e":
+        lengths = torch.randint(20, 126, (8,), generator=gen).tolist()
+    batch = collate_packed([([7] * (n + 1), 1) for n in lengths], seq_len=512, length_multiple=16,
+                           tokens_multiple=64)
+    rows = batch["input"].shape[1]
+    packing = {name: batch[name].cuda() for name in PACKING_KEYS}
+    real = packing["pack_valid"].bool()
+    qkv64 = torch.randn(1, rows, 3 * 1024, generator=gen, dtype=torch.float64).cuda().requires_grad_()
+    grad_out = torch.randn(1, rows, 1024, generator=gen, dtype=torch.float64).cuda()
+    exact = pa.gathered_causal_attention(qkv64, packing, 16)
+    exact_grad, = torch.autograd.grad(exact, qkv64, grad_out)
+    kernels = {"gather": lambda qkv: pa.gathered_causal_attention(qkv, packing, 16),
+               "varlen": lambda qkv: pa.varlen_causal_attention(qkv, packing["cu_seqlens"], 16)}
+    errors = {}
+    for name, kernel in kernels.items():
+        qkv = qkv64.detach().bfloat16().requires_grad_()
+        out = kernel(qkv)
+        grad, = torch.autograd.grad(out, qkv, grad_out.bfloat16())
+        assert out.float().isfinite().all() and grad.float().isfinite().all(), name
+        errors[name] = ((out.double() - exact)[0, real].abs().max().item(),
+                        (grad.double() - exact_grad)[0, real].abs().max().item())
+    assert errors["varlen"][0] <= 2 * errors["gather"][0] + 1e-3, errors
+    assert errors["varlen"][1] <= 2 * errors["gather"][1] + 1e-3, errors
+
+
+@needs_varlen
+def test_graphed_training_with_varlen_attention_matches_the_gathered_one(tmp_path, e2e_records, monkeypatch):
+    """The CUDA-graph step (compiled, bf16, packed) with packed_attention.KERNEL = "varlen": the losses of the
+    gathered attention within bf16 rounding."""
+    data = write_jsonl(tmp_path / "train.jsonl", e2e_records)
+    gather_losses, _ = run(tmp_path, "gather", data, ["--precision", "bf16"])
+    monkeypatch.setattr(packed_attention, "KERNEL", packed_attention.KERNEL)  # restored afterwards
+    assert packed_attention.set_kernel("varlen") == "varlen"
+    varlen_losses, _ = run(tmp_path, "varlen", data, ["--precision", "bf16"])
+    assert varlen_losses == pytest.approx(gather_losses, rel=2e-2)

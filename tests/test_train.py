@@ -7,10 +7,11 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import tiny_config
 from gpt2_ft import build_parser, check_args
-from loranlg import checkpoint, data, loss, optim, train
+from loranlg import checkpoint, data, loss, optim, packed_attention, train
 from loranlg.distributed import DistContext
 
 
@@ -113,9 +114,30 @@ def test_collate_packed_puts_examples_end_to_end():
     assert batch["weights"].tolist() == [1, 1, 1, 1, 0, 0]
     assert batch["pad_index"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 0], [6, 7, 8, 0, 0, 0, 0, 0]]
     assert batch["pack_index"].tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 0, 0, 0]
+    assert batch["cu_seqlens"].tolist() == [0, 6, 9, 12] and batch["cu_seqlens"].dtype == torch.int32
 
 
-def test_padding_to_longest_equals_padding_to_seq_len():
+def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, window_size=None, is_causal=False):
+    """torch.nn.attention.varlen.varlen_attn's contract for causal masking, one example at a time: q, k, v
+    [rows, H, hd]; the rows cu[i]..cu[i+1]-1 form example i and attend among themselves."""
+    assert window_size == (-1, 0) or (window_size is None and is_causal)
+    assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k)
+    bounds = cu_seq_q.tolist()
+    assert bounds[0] == 0 and bounds[-1] == q.shape[0] and max_q >= max(b - a for a, b in zip(bounds, bounds[1:]))
+    parts = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True)
+             .transpose(0, 1) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return torch.cat(parts)
+
+
+def test_the_varlen_kernel_is_chosen_only_where_it_runs(monkeypatch):
+    monkeypatch.setattr(packed_attention, "KERNEL", packed_attention.KERNEL)  # restored afterwards
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert packed_attention.set_kernel("varlen") == "gather" == packed_attention.KERNEL
+    with pytest.raises(ValueError, match="one of"):
+        packed_attention.set_kernel("flash")
+
+
+def test_padding_to_longest_equals_padding_to_seq_len(monkeypatch):
     torch.manual_seed(0)
     model = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
     with torch.no_grad():
@@ -129,10 +151,16 @@ def test_padding_to_longest_equals_padding_to_seq_len():
     results = []
     # to the longest; to seq_len; to multiples of 16 tokens and 64 loss positions; packed into one row and
     # padded to 64 tokens, as the CUDA-graph step lays batches out
+    # padded to 64 tokens, as the CUDA-graph step lays batches out, its attention through gathered padded rows
+    # or through the variable-length kernel (on the CPU the reference above stands in for it)
     packed = {"length_multiple": 16, "tokens_multiple": 64, "positions_multiple": 64}
-    for collate, padding in ((data.collate, {}), (data.collate, {"pad_to": 40}),
-                             (data.collate, {"length_multiple": 16, "positions_multiple": 64}),
-                             (data.collate_packed, packed)):
+    monkeypatch.setattr(packed_attention, "VARLEN_ATTN", reference_varlen_attn)
+    monkeypatch.setattr(packed_attention, "CAUSAL", {"window_size": (-1, 0)})
+    monkeypatch.setattr(packed_attention, "varlen_usable", lambda qkv, n_head: True)
+    for collate, padding, kernel in ((data.collate, {}, None), (data.collate, {"pad_to": 40}, None),
+                                     (data.collate, {"length_multiple": 16, "positions_multiple": 64}, None),
+                                     (data.collate_packed, packed, "gather"), (data.collate_packed, packed, "varlen")):
+        monkeypatch.setattr(packed_attention, "KERNEL", kernel or "gather")
         batch = collate([ds[i] for i in range(5)], seq_len=40, **padding)
         packing = {name: batch[name] for name in data.PACKING_KEYS} if "pad_index" in batch else None
         value = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.1, packing)
@@ -140,7 +168,7 @@ def test_padding_to_longest_equals_padding_to_seq_len():
         results.append((tuple(batch["input"].shape), len(batch["positions"]), value, grads))
     (short_shape, count, short_loss, short_grads), (long_shape, _, long_loss, long_grads) = results[:2]
     assert short_shape[1] < long_shape[1] == 40 and count < 64
-    assert results[2][:2] == ((5, 16), 64) and results[3][:2] == ((1, 64), 64)
+    assert results[2][:2] == ((5, 16), 64) and results[3][:2] == results[4][:2] == ((1, 64), 64)
     for length, _, value, grads in results[1:]:
         torch.testing.assert_close(short_loss, value, rtol=1e-6, atol=0)
         for a, b in zip(short_grads, grads):

@@ -6,8 +6,8 @@ Three ways to run it:
   model.prefill(ids, lengths, cache)  right-padded prompts [N, P] -> next-token logits [N, V], fills the cache
   model.decode_step(tokens, cache)    one new token per beam [N, B] -> logits [N, B, V] (kv_cache.py)
 Right padding plus causal attention means a padded row computes exactly what the row would alone. Training
-may also pack the examples of a batch into one row (no padding in the matrix products): attention then
-gathers each example into a padded row of its own and scatters the result back.
+may also pack the examples of a batch into one row (no padding in the matrix products): attention then keeps
+each example to itself (packed_attention.py).
 """
 
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from torch import nn
 from .data import round_up
 from .kv_cache import BeamCache
 from .lora import LoRAQKV
+from .packed_attention import packed_causal_attention
 
 CARDS = {
     "gpt2.sm": dict(n_embd=768, n_layer=12, n_head=12),
@@ -59,26 +60,6 @@ def pad_rows(weight, multiple=64):
     return F.pad(weight, (0, 0, 0, round_up(weight.shape[0], multiple) - weight.shape[0]))
 
 
-class _MoveRows(torch.autograd.Function):
-    """rows[i] = x[index[i]], between a packed and a padded layout. index reaches every real row exactly once
-    and the other rows get no gradient, so the backward is a gather too (`back`: for each row of x, the row
-    of the result that holds it; `real`: 1.0 for real rows of x), not index_select's scatter-add."""
-
-    @staticmethod
-    def forward(ctx, x, index, back, real):
-        ctx.save_for_backward(back, real)
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        back, real = ctx.saved_tensors
-        return grad.index_select(0, back) * real[:, None].to(grad.dtype), None, None, None
-
-
-def move_rows(x, index, back, real):
-    return _MoveRows.apply(x, index, back, real)
-
-
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -89,11 +70,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cache=None, layer=0, packing=None):
         qkv = self.c_attn(x)
-        rows_shape = x.shape[:-1]
-        if packing is not None:  # packed rows -> one padded row per example, for causal attention
-            pad_index = packing["pad_index"]
-            qkv = move_rows(qkv.reshape(-1, qkv.shape[-1]), pad_index.reshape(-1), packing["pack_index"],
-                            packing["pack_valid"]).view(*pad_index.shape, -1)
+        if packing is not None:  # the examples of a batch end to end in one row
+            return self.c_proj(packed_causal_attention(qkv, packing, self.n_head))
         batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         qkv = qkv.view(batch, length, 3, self.n_head, width // self.n_head)
         heads = qkv.permute(0, 2, 3, 1, 4)  # [B, q|k|v, H, T, hd]
@@ -101,11 +79,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(heads[:, 0], heads[:, 1], heads[:, 2], is_causal=True)
         else:
             y = cache.attend(layer, heads[:, 0], heads[:, 1:])
-        y = y.transpose(1, 2).reshape(batch, length, width)
-        if packing is not None:  # and back to the packed rows
-            y = move_rows(y.reshape(-1, width), packing["pack_index"], packing["pad_index"].reshape(-1),
-                          packing["pad_valid"].reshape(-1)).view(*rows_shape, width)
-        return self.c_proj(y)
+        return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
 class Conv1D(nn.Module):
