@@ -179,7 +179,6 @@ def test_varlen_packed_attention_is_as_close_as_the_gathered_one(lengths):
     """packed_attention.py's two kernels on a packed bf16 batch of gpt2.md's head shape, 8 examples of E2E
     lengths then the row's padding (or 8 x 64 tokens: no padding, an empty last example): output and input
     gradient as close to float64 as each other, and finite everywhere."""
-    from loranlg import packed_attention as pa
     from loranlg.data import PACKING_KEYS, collate_packed
 
     gen = torch.Generator().manual_seed(0)
@@ -192,10 +191,10 @@ def test_varlen_packed_attention_is_as_close_as_the_gathered_one(lengths):
     real = packing["pack_valid"].bool()
     qkv64 = torch.randn(1, rows, 3 * 1024, generator=gen, dtype=torch.float64).cuda().requires_grad_()
     grad_out = torch.randn(1, rows, 1024, generator=gen, dtype=torch.float64).cuda()
-    exact = pa.gathered_causal_attention(qkv64, packing, 16)
+    exact = packed_attention.gathered_causal_attention(qkv64, packing, 16)
     exact_grad, = torch.autograd.grad(exact, qkv64, grad_out)
-    kernels = {"gather": lambda qkv: pa.gathered_causal_attention(qkv, packing, 16),
-               "varlen": lambda qkv: pa.varlen_causal_attention(qkv, packing["cu_seqlens"], 16)}
+    kernels = {"gather": lambda qkv: packed_attention.gathered_causal_attention(qkv, packing, 16),
+               "varlen": lambda qkv: packed_attention.varlen_causal_attention(qkv, packing["cu_seqlens"], 16)}
     errors = {}
     for name, kernel in kernels.items():
         qkv = qkv64.detach().bfloat16().requires_grad_()

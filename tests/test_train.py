@@ -150,7 +150,6 @@ def test_padding_to_longest_equals_padding_to_seq_len(monkeypatch):
     ds = data.FTDataset(items, batch_size=5, seq_len=40)
     results = []
     # to the longest; to seq_len; to multiples of 16 tokens and 64 loss positions; packed into one row and
-    # padded to 64 tokens, as the CUDA-graph step lays batches out
     # padded to 64 tokens, as the CUDA-graph step lays batches out, its attention through gathered padded rows
     # or through the variable-length kernel (on the CPU the reference above stands in for it)
     packed = {"length_multiple": 16, "tokens_multiple": 64, "positions_multiple": 64}

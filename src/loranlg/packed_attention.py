@@ -64,7 +64,7 @@ def set_kernel(name):
     if name not in KERNELS:
         raise ValueError(f"packed attention kernel must be one of {KERNELS}, got {name!r}")
     usable = VARLEN_ATTN is not None and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
-    KERNEL = name if name == "gather" or usable else "gather"
+    KERNEL = "varlen" if name == "varlen" and usable else "gather"
     return KERNEL
 
 
