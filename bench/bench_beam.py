@@ -16,6 +16,7 @@ change the output; bf16 may, at near-ties between batch sizes).
 """
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -27,6 +28,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+
+from loranlg.kv_cache import KEY_BLOCK  # noqa: E402
 
 
 def encode_e2e(test_txt, vocab, out_path):
@@ -70,9 +73,19 @@ def write_checkpoints(work_dir, card, end_at=None):
     return ["--init_checkpoint", base, "--lora_checkpoint", lora, "--lora_dim", "4", "--lora_alpha", "32"]
 
 
-def run_once(data, work_dir, batch_size, precision, args, graphs=False, attention="sdpa"):
-    output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}_{attention}.jsonl"
-    cmd = [sys.executable, str(REPO / "src" / "gpt2_beam.py"), "--data", data, "--work_dir", work_dir,
+def beam_command(key_block):
+    """gpt2_beam.py, or for another kv_cache.KEY_BLOCK than its own, the script run with that value set."""
+    script = str(REPO / "src" / "gpt2_beam.py")
+    if key_block == KEY_BLOCK:
+        return [sys.executable, script]
+    setup = (f"import runpy, sys; sys.path.insert(0, {str(REPO / 'src')!r}); import loranlg.kv_cache as kv; "
+             f"kv.KEY_BLOCK = {key_block}; sys.argv[0] = {script!r}; runpy.run_path({script!r}, run_name='__main__')")
+    return [sys.executable, "-c", setup]
+
+
+def run_once(data, work_dir, batch_size, precision, args, graphs=False, attention="sdpa", key_block=KEY_BLOCK):
+    output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}_{attention}_k{key_block}.jsonl"
+    cmd = beam_command(key_block) + ["--data", data, "--work_dir", work_dir,
            "--output_file", output_file, "--model_card", args.model_card,
            "--batch_size", str(batch_size), "--precision", precision, "--beam", str(args.beam),
            "--eval_len", str(args.eval_len), "--seq_len", "512", "--length_penalty", "0.8",
@@ -104,6 +117,9 @@ def main():
                         help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
     parser.add_argument("--graphs", default="off", help="comma-separated: off (eager steps), on (--cuda_graph)")
+    parser.add_argument("--key_blocks", default=str(KEY_BLOCK),
+                        help=f"comma-separated key slots a decode step's width grows by (kv_cache.KEY_BLOCK, "
+                             f"{KEY_BLOCK} in gpt2_beam.py): larger, fewer widths and CUDA graphs, more masked keys")
     parser.add_argument("--attention", default="sdpa", help="comma-separated: sdpa, triton (gpt2_beam.py --attention)")
     parser.add_argument("--weights", default="file", choices=("file", "random"),
                         help="file: load base + LoRA checkpoints written before the timed rows (default); random: "
@@ -130,27 +146,28 @@ def main():
         rows = []
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
-                for graphs in args.graphs.split(","):
-                    for attention in args.attention.split(","):
-                        result = run_once(data, work_dir, batch_size, precision, args, graphs == "on", attention)
-                        rows.append((precision, batch_size, graphs, attention, result))
-                        print(f"done: {precision} batch {batch_size} graphs {graphs} attention {attention}",
-                              file=sys.stderr)
+                for graphs, attention, key_block in itertools.product(
+                        args.graphs.split(","), args.attention.split(","), map(int, args.key_blocks.split(","))):
+                    result = run_once(data, work_dir, batch_size, precision, args, graphs == "on", attention,
+                                      key_block)
+                    rows.append((precision, batch_size, graphs, attention, key_block, result))
+                    print(f"done: {precision} batch {batch_size} graphs {graphs} attention {attention} key block "
+                          f"{key_block}", file=sys.stderr)
 
     first = {}
     weights = "random weights read from a .bin + LoRA file" if args.weights == "file" else "random weights (no file)"
     if args.weights == "file" and args.end_at is not None:
         weights += f", hypotheses ending from position {args.end_at} on"
     print(f"\n{args.model_card}, {weights}, beam {args.beam}, eval_len {args.eval_len}, "
-          f"{rows[0][4]['lines']} lines / {rows[0][4]['contexts']} distinct contexts; {device}\n")
-    print("| precision | --batch_size | CUDA graphs | attention | end to end (s) | beam search (s) | contexts/s | "
-          "lines differing |")
-    print("|---|---|---|---|---|---|---|---|")
-    for precision, batch_size, graphs, attention, r in rows:
+          f"{rows[0][-1]['lines']} lines / {rows[0][-1]['contexts']} distinct contexts; {device}\n")
+    print("| precision | --batch_size | CUDA graphs | attention | key block | end to end (s) | beam search (s) | "
+          "contexts/s | lines differing |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for precision, batch_size, graphs, attention, key_block, r in rows:
         reference = first.setdefault(precision, r["predictions"])
         differing = sum(a != b for a, b in zip(reference, r["predictions"]))
-        print(f"| {precision} | {batch_size} | {graphs} | {attention} | {r['wall']:.1f} | {r['beam']:.1f} | "
-              f"{r['contexts'] / r['beam']:.1f} | {differing} |")
+        print(f"| {precision} | {batch_size} | {graphs} | {attention} | {key_block} | {r['wall']:.1f} | "
+              f"{r['beam']:.1f} | {r['contexts'] / r['beam']:.1f} | {differing} |")
 
 
 if __name__ == "__main__":

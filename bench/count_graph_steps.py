@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from bench_beam import encode_e2e  # noqa: E402
 from graph_emulation import EmulatedGraphs  # noqa: E402
-from loranlg import beam  # noqa: E402
+from loranlg import beam, kv_cache  # noqa: E402
 from loranlg.beam_graph import GraphedDecode  # noqa: E402
 from loranlg.checkpoint import build_model  # noqa: E402
 
@@ -82,9 +82,13 @@ def main():
     parser.add_argument("--batch_size", type=int, default=128, help="contexts a batch, as gpt2_beam.py's (default 128)")
     parser.add_argument("--beam", type=int, default=10, help="beams a context (default 10)")
     parser.add_argument("--eval_len", type=int, default=64, help="steps at most (default 64)")
+    parser.add_argument("--key_block", type=int, default=kv_cache.KEY_BLOCK,
+                        help=f"key slots a width grows by (kv_cache.KEY_BLOCK, default {kv_cache.KEY_BLOCK}): fewer "
+                             "widths, fewer captures, more masked keys read a step")
     parser.add_argument("--end_at", type=int, default=60,
                         help="position from which hypotheses end (default 60; E2E test contexts have 21-47 tokens)")
     args = parser.parse_args()
+    kv_cache.KEY_BLOCK = args.key_block
     data = args.data
     if data is None:
         if not (args.test_txt and args.vocab):
@@ -104,7 +108,8 @@ def main():
         beam.worth_dropping = current_rule
 
     print(f"\n{sum(map(len, batches))} distinct contexts in {len(batches)} batches of up to {args.batch_size}, "
-          f"beam {args.beam}, eval_len {args.eval_len}, hypotheses ending from position {args.end_at} on\n")
+          f"beam {args.beam}, eval_len {args.eval_len}, key widths in blocks of {args.key_block}, hypotheses ending "
+          f"from position {args.end_at} on\n")
     print("| finished contexts leave | steps | replays | eager + capture | eager only | context-steps |")
     print("|---|---|---|---|---|---|")
     for name, d in (("when a new graph is due (beam.py)", now), ("at any step (before)", before)):

@@ -30,7 +30,7 @@ for item in $WHAT; do
     beam)
       python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on --attention sdpa,triton} 2>&1 | tee "$OUT/beam.log" | tail -14
       # hypotheses that end early (as a trained model's): contexts leave the batch, the cache shrinks
-      python3 bench/bench_beam.py --data "$TMP/test.jsonl" --end_at 60 --batch_sizes 128 --precisions bf16 --graphs off,on --attention sdpa,triton 2>&1 | tee -a "$OUT/beam.log" | tail -10
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" --end_at 60 --batch_sizes 128 --precisions bf16 --graphs off,on --attention sdpa,triton --key_blocks 64,128 2>&1 | tee -a "$OUT/beam.log" | tail -14
       python3 bench/hf_baseline.py beam --data "$TMP/test.jsonl" --precision bf16 ${HF_BEAM_ARGS:-} 2>&1 | tail -1 | tee -a "$OUT/beam.log" ;;
   esac
 done
