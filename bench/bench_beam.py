@@ -12,10 +12,13 @@ merged into it; written once before the timed rows (the operating system's file 
 it would after the download or the training run). It prints one
 table: wall seconds end to end, the beam search's own seconds and distinct contexts per second, and how many
 output lines differ from the first row's of the same precision (neither the batch size nor CUDA graphs may
-change the output; bf16 may, at near-ties between batch sizes).
+change the output; bf16 may, at near-ties between batch sizes). On a GPU the table opens with the baseline,
+transformers' generate over the same contexts with the same beam settings (bench/hf_baseline.py, timed in the
+same run, without its model load), and gives each of our rows' speed-up over it (--baseline).
 """
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -105,6 +108,17 @@ def run_once(data, work_dir, batch_size, precision, args, graphs=False, attentio
                 predictions=output.read_text().splitlines())
 
 
+def run_baseline(data, precision, args):
+    """hf_baseline.py beam's result over the same contexts, beams and length (its own process)."""
+    cmd = [sys.executable, str(REPO / "bench" / "hf_baseline.py"), "beam", "--data", data, "--precision", precision,
+           "--beam", str(args.beam), "--eval_len", str(args.eval_len)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    print(f"done: transformers generate {precision}", file=sys.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--test_txt", help="raw E2E test.txt (MR||text a line); needs --vocab")
@@ -128,11 +142,22 @@ def main():
                         help="with --weights file: weights whose hypotheses end from this position on (E2E test "
                              "contexts have 21-47 tokens: 60 ends most after 15-40 steps), so that contexts finish "
                              "early and leave the batch as with a trained model (default: never)")
+    parser.add_argument("--baseline", choices=("auto", "on", "off"), default="auto",
+                        help="also time transformers' generate (bench/hf_baseline.py beam, 16 contexts a call) at each "
+                             "precision, same contexts, same run, and give our rows' speed-up over it (beam search "
+                             "alone: its time leaves out the model load); auto: on a GPU, gpt2.md, without --end_at "
+                             "(its random weights never end early)")
     args = parser.parse_args()
     if args.end_at is not None and args.weights != "file":
         parser.error("--end_at changes the weights written to files: it needs --weights file")
+    if args.end_at is not None and args.baseline == "on":
+        parser.error("the baseline's weights do not end early: --baseline on and --end_at do not go together")
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU!)"
+    if args.baseline == "auto":
+        found = importlib.util.find_spec("transformers") is not None
+        args.baseline = "on" if (found and torch.cuda.is_available() and args.model_card == "gpt2.md"
+                                 and args.end_at is None) else "off"
 
     with tempfile.TemporaryDirectory() as work_dir:
         data = args.data
@@ -143,6 +168,10 @@ def main():
             encode_e2e(args.test_txt, args.vocab, data)
         args.weight_args = (write_checkpoints(work_dir, args.model_card, args.end_at) if args.weights == "file"
                             else [])
+        baseline = {}
+        for precision in args.precisions.split(",") if args.baseline == "on" else []:
+            if precision in ("fp32", "bf16"):  # what hf_baseline.py runs
+                baseline[precision] = run_baseline(data, precision, args)
         rows = []
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
@@ -160,14 +189,18 @@ def main():
         weights += f", hypotheses ending from position {args.end_at} on"
     print(f"\n{args.model_card}, {weights}, beam {args.beam}, eval_len {args.eval_len}, "
           f"{rows[0][-1]['lines']} lines / {rows[0][-1]['contexts']} distinct contexts; {device}\n")
-    print("| precision | --batch_size | CUDA graphs | attention | key block | end to end (s) | beam search (s) | "
-          "contexts/s | lines differing |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| implementation | precision | --batch_size | CUDA graphs | attention | key block | end to end (s) | "
+          "beam search (s) | contexts/s | vs baseline (beam search alone) | lines differing |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for precision, b in baseline.items():
+        print(f"| transformers generate (bench/hf_baseline.py) | {precision} | 16 | | | | (not counted) | "
+              f"{b['seconds']:.1f} | {b['contexts_per_s']:.1f} | 1.0x | |")
     for precision, batch_size, graphs, attention, key_block, r in rows:
         reference = first.setdefault(precision, r["predictions"])
         differing = sum(a != b for a, b in zip(reference, r["predictions"]))
-        print(f"| {precision} | {batch_size} | {graphs} | {attention} | {key_block} | {r['wall']:.1f} | "
-              f"{r['beam']:.1f} | {r['contexts'] / r['beam']:.1f} | {differing} |")
+        ratio = f"{baseline[precision]['seconds'] / r['beam']:.1f}x" if precision in baseline else ""
+        print(f"| ours (gpt2_beam.py) | {precision} | {batch_size} | {graphs} | {attention} | {key_block} | "
+              f"{r['wall']:.1f} | {r['beam']:.1f} | {r['contexts'] / r['beam']:.1f} | {ratio} | {differing} |")
 
 
 if __name__ == "__main__":

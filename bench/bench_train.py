@@ -7,12 +7,15 @@ recipe), batch 8, E2E valid.txt encoded as the training data, at fp32 and bf16.
 It runs loranlg.train.train itself (the whole step: data, forward, loss, backward, Adam, schedule) and reads
 the per-step times of metrics.jsonl after the warmup steps; each row in a process of its own (its peak memory
 and compiled code are its own). tokens/s counts real (unpadded) input tokens of
-all ranks. SPEC 11: the original takes 285 ms a step (fp32, padded to 512).
+all ranks. SPEC 11: the original takes 285 ms a step (fp32, padded to 512). On a GPU the table opens with
+the baseline, transformers' GPT-2 + peft LoRA on the same data at each precision (bench/hf_baseline.py, timed
+in the same run), and gives each of our rows' speed-up over it (--baseline).
 """
 
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import statistics
@@ -161,6 +164,9 @@ def main():
                         help="comma-separated batch layouts of the CUDA-graph modes: packed (gpt2_ft.py's), "
                              "padded (one example a row) (packed)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when there is one)")
+    parser.add_argument("--baseline", choices=("auto", "on", "off"), default="auto",
+                        help="also time transformers + peft (bench/hf_baseline.py train) at each precision, same "
+                             "data, same run, and give our rows' speed-up over it; auto: on a GPU in one process")
     parser.add_argument("--json", action="store_true",
                         help="print the rows as json lines, not a table (how the rows' own processes answer)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -173,7 +179,8 @@ def main():
     if len(combinations) > 1 and "LOCAL_RANK" not in os.environ:
         # One process a row: each row's peak memory and compiled code are its own.
         rows = [row for combination in combinations for row in run_row_process(opts, combination)]
-        print_table(opts, rows, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", 1)
+        print_table(opts, rows, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", 1,
+                    baseline_rows(opts))
         return
     ctx = setup_distributed(opts)
     rows = []
@@ -200,7 +207,7 @@ def main():
             print("ROW " + json.dumps(row))
     elif ctx.is_main:
         print_table(opts, rows, torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
-                    ctx.world_size)
+                    ctx.world_size, baseline_rows(opts) if not ctx.distributed else {})
     cleanup(ctx)
 
 
@@ -218,18 +225,51 @@ def run_row_process(opts, combination):
     return [tuple(json.loads(line[4:])) for line in done.stdout.splitlines() if line.startswith("ROW ")]
 
 
-def print_table(opts, rows, device_name, world_size):
+def wants_baseline(opts):
+    if opts.baseline != "auto":
+        return opts.baseline == "on"
+    found = all(importlib.util.find_spec(name) for name in ("transformers", "peft"))
+    return found and torch.cuda.is_available() and opts.model_card == "gpt2.md"
+
+
+def baseline_rows(opts):
+    """{precision: hf_baseline.py train's result} on the same E2E valid data (its own process), or {}."""
+    if not wants_baseline(opts):
+        return {}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "valid.jsonl")
+        encode_e2e_valid(opts.shared, data)
+        for precision in opts.precisions.split(","):
+            cmd = [sys.executable, os.path.join(REPO, "bench", "hf_baseline.py"), "train", "--data", data,
+                   "--precision", precision]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+            results[precision] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"done: transformers + peft {precision}", file=sys.stderr)
+    return results
+
+
+def print_table(opts, rows, device_name, world_size, baseline=None):
+    """Our rows, after the baseline's (transformers + peft, dynamic padding, AdamW) where it ran; "vs
+    baseline" is its ms/step over ours at the same precision."""
+    baseline = baseline or {}
     print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {world_size} "
           f"process(es), E2E valid as data, random weights, {device_name}, torch {torch.__version__}")
     print("| mode | batch layout | precision | ms/step (median) | ms/step (mean, captures included) | "
           "GPU ms/step (replays, median) | tokens/s | peak memory (after warm-up) | CUDA graphs | "
-          "one-time seconds (compile, captures) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "one-time seconds (compile, captures) | vs baseline (same precision) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for precision, b in baseline.items():
+        print(f"| transformers + peft (bench/hf_baseline.py) | padded | {precision} | {b['ms_per_step']:.2f} | | | "
+              f"{b['tokens_per_s']:,.0f} | {b['peak_gib']:.2f} GiB | | | 1.0x |")
     for mode, layout, precision, r in rows:
         replay = f"{r['replay_ms']:.2f}" if r.get("replay_ms") else ""
         steady = f" ({r['steady_peak']:.2f})" if r.get("steady_peak") else ""
+        ratio = f"{baseline[precision]['ms_per_step'] / r['ms']:.1f}x" if precision in baseline else ""
         print(f"| {mode} | {layout} | {precision} | {r['ms']:.2f} | {r['mean_ms']:.2f} | {replay} | "
-              f"{r['tokens']:,.0f} | {r['peak']:.2f} GiB{steady} | {r['graphs']} | {r['startup']:.0f} |")
+              f"{r['tokens']:,.0f} | {r['peak']:.2f} GiB{steady} | {r['graphs']} | {r['startup']:.0f} | {ratio} |")
     print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
 
 

@@ -5,6 +5,7 @@ would write it today (dynamic padding, AdamW, bf16 autocast, model.generate for 
     python bench/hf_baseline.py beam  --data E2E_TEST_ENCODED.jsonl [--precision bf16] [--batch 16]
 
 It needs a GPU, transformers and peft; weights are random (GPT-2 medium shapes), like ours in bench_*.py.
+bench_train.py and bench_beam.py run it in their own run and put its row in their table.
 """
 
 import argparse
@@ -44,7 +45,7 @@ def train_batches(examples, batch_size):
             ids[row, :len(seq)] = torch.tensor(seq)
             start_label = len(ex["context"])
             labels[row, start_label:len(seq)] = torch.tensor(seq[start_label:])
-        yield ids.cuda(), labels.cuda()
+        yield ids.cuda(), labels.cuda(), sum(map(len, seqs))  # the last: real tokens, as bench_train.py counts
 
 
 def bench_train(args):
@@ -55,7 +56,7 @@ def bench_train(args):
     times, tokens = [], 0
     torch.cuda.reset_peak_memory_stats()
     for step in range(args.warmup + args.steps):
-        ids, labels = batches[step % len(batches)]
+        ids, labels, real_tokens = batches[step % len(batches)]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
@@ -66,7 +67,7 @@ def bench_train(args):
         torch.cuda.synchronize()
         if step >= args.warmup:
             times.append((time.perf_counter() - t0) * 1000)
-            tokens += ids.numel()
+            tokens += real_tokens
     ms = statistics.median(times)
     print(json.dumps({"impl": "transformers+peft", "precision": args.precision, "ms_per_step": round(ms, 2),
                       "tokens_per_s": round(tokens / (sum(times) / 1000)),
@@ -90,9 +91,9 @@ def bench_beam(args):
             for row, ctx in enumerate(chunk):  # left padding, as generate() wants
                 ids[row, width - len(ctx):] = torch.tensor(ctx)
                 mask[row, width - len(ctx):] = 1
-            model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), num_beams=10, max_new_tokens=64,
-                           no_repeat_ngram_size=4, length_penalty=0.8, eos_token_id=[50256, 628],
-                           pad_token_id=0, do_sample=False, early_stopping=False)
+            model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), num_beams=args.beam,
+                           max_new_tokens=args.eval_len, no_repeat_ngram_size=4, length_penalty=0.8,
+                           eos_token_id=[50256, 628], pad_token_id=0, do_sample=False, early_stopping=False)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     print(json.dumps({"impl": "transformers generate", "precision": args.precision, "contexts": len(contexts),
@@ -108,6 +109,8 @@ def main():
     parser.add_argument("--steps", type=int, default=50, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed training steps first")
     parser.add_argument("--batch", type=int, default=16, help="contexts per generate() call")
+    parser.add_argument("--beam", type=int, default=10, help="beams a context (the E2E recipe's 10)")
+    parser.add_argument("--eval_len", type=int, default=64, help="tokens generated at most (the recipe's 64)")
     parser.add_argument("--contexts", type=int, default=0, help="time only the first N distinct contexts (0: all)")
     args = parser.parse_args()
     (bench_train if args.what == "train" else bench_beam)(args)

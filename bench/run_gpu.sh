@@ -11,8 +11,6 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 LORANLG_SHARED=$SHARED
 WHAT=${*:-tests train micro beam}
 TMP=$(mktemp -d)
-python3 src/format_converting_e2e.py "$SHARED/data/e2e/valid.txt" "$TMP/valid_formatted.jsonl"
-python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/valid_formatted.jsonl" --output "$TMP/valid.jsonl" --add_bos --add_eos
 python3 src/format_converting_e2e.py "$SHARED/data/e2e/test.txt" "$TMP/test_formatted.jsonl"
 python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/test_formatted.jsonl" --output "$TMP/test.jsonl" --add_bos --add_eos
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -22,16 +20,16 @@ for item in $WHAT; do
     tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     train)
       # eager steps need no warm-up epoch (nothing is captured or compiled)
-      python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -2
-      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile+optimizer,graph+compile+varlen,graph+compile+optimizer+varlen --precisions bf16 --layouts packed} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -4
-      python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -1
-      for p in fp32 bf16; do python3 bench/hf_baseline.py train --data "$TMP/valid.jsonl" --precision $p 2>&1 | tail -1; done | tee -a "$OUT/train.log" ;;
+      python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 --baseline off 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -2
+      # each table below also times transformers + peft at its precision (bench/hf_baseline.py), same data
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile+optimizer,graph+compile+varlen,graph+compile+optimizer+varlen --precisions bf16 --layouts packed} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -5
+      python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -2 ;;
     micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep -E '^\||contexts$' ;;
     beam)
+      # with transformers' generate timed first (bench/hf_baseline.py), same contexts
       python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on --attention sdpa,triton} 2>&1 | tee "$OUT/beam.log" | tail -14
       # hypotheses that end early (as a trained model's): contexts leave the batch, the cache shrinks
-      python3 bench/bench_beam.py --data "$TMP/test.jsonl" --end_at 60 --batch_sizes 128 --precisions bf16 --graphs off,on --attention sdpa,triton --key_blocks 64,128 2>&1 | tee -a "$OUT/beam.log" | tail -14
-      python3 bench/hf_baseline.py beam --data "$TMP/test.jsonl" --precision bf16 ${HF_BEAM_ARGS:-} 2>&1 | tail -1 | tee -a "$OUT/beam.log" ;;
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" --end_at 60 --batch_sizes 128 --precisions bf16 --graphs off,on --attention sdpa,triton --key_blocks 64,128 2>&1 | tee -a "$OUT/beam.log" | tail -14 ;;
   esac
 done
 rm -rf "$TMP"
