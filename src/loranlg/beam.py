@@ -202,8 +202,8 @@ def worth_dropping(done, cache):
     """Whether to drop the finished contexts from the batch now. All finished: the batch ends. Otherwise a
     quarter must have finished to be worth copying the cache, and the next step must have no CUDA graph
     (beam_graph.py): dropping rows discards the cache's graphs, so with graphs the drop waits for the next key
-    width, which needs a new graph anyway (at most KEY_BLOCK / beams steps; finished contexts cannot change
-    their result, LaggedFlags). Without graphs there are none to wait for."""
+    width, which needs a new graph anyway (within KEY_BLOCK / beams steps, rounded up; finished contexts
+    cannot change their result, LaggedFlags). Without graphs there are none to wait for."""
     finished = sum(done)
     if finished == len(done):
         return True
