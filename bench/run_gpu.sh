@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in one go (the device machine is lent by the minute): GPU parity tests,
 # then ours against the transformers + peft baseline, printing short tables. Logs go to $OUT when set.
-#   bash bench/run_gpu.sh [tests] [train] [micro] [beam]        (default: all four)
+#   bash bench/run_gpu.sh [tests] [train] [micro] [beam] [eager]  (default: the first four; eager: our
+#   eager training steps against transformers + peft, measured in the second session)
 #   SHARED=path/to/shared (default ../shared): vocab/ and data/e2e/{valid,test}.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +20,12 @@ for item in $WHAT; do
   case $item in
     tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     train)
-      # eager steps need no warm-up epoch (nothing is captured or compiled)
-      python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 --baseline off 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -2
-      # each table below also times transformers + peft at its precision (bench/hf_baseline.py), same data
-      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile+optimizer,graph+compile+varlen,graph+compile+optimizer+varlen --precisions bf16 --layouts packed} 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -5
+      # each table also times transformers + peft at its precision first (bench/hf_baseline.py), same data
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile+optimizer,graph+compile+varlen,graph+compile+optimizer+varlen --precisions bf16 --layouts packed} 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -5
       python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -2 ;;
+    eager)
+      # eager steps need no warm-up epoch (nothing is captured or compiled)
+      python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 2>&1 | tee "$OUT/eager.log" | grep '^|' | tail -4 ;;
     micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep -E '^\||contexts$' ;;
     beam)
       # with transformers' generate timed first (bench/hf_baseline.py), same contexts
