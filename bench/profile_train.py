@@ -2,6 +2,7 @@
 share, no data loading) and the CUDA kernels of a few replays, largest first.
 
     python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--compile_optimizer] [--precision bf16]
+                                  [--packed_attention varlen]
 
 The batch is 8 examples drawn at random (--seed), as the training sampler draws them: its padded length is
 a typical one (E2E averages 77 tokens padded, 84 with the graph's buckets of 16).
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 
 import torch  # noqa: E402
 
-from loranlg import checkpoint, data, optim, train  # noqa: E402
+from loranlg import checkpoint, data, optim, packed_attention, train  # noqa: E402
 from loranlg.loss import LMObjective  # noqa: E402
 
 
@@ -35,11 +36,15 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks too")
     parser.add_argument("--compile_optimizer", action="store_true",
                         help="torch.compile the optimizer's update too (train.COMPILE_OPTIMIZER)")
+    parser.add_argument("--packed_attention", default="gather", choices=packed_attention.KERNELS,
+                        help="attention over the packed rows (packed_attention.KERNEL; gather)")
     parser.add_argument("--batch", type=int, default=8, help="examples per step (8)")
     parser.add_argument("--replays", type=int, default=100, help="timed replays (100)")
     parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
     parser.add_argument("--seed", type=int, default=0, help="which random batch (0)")
     opts = parser.parse_args()
+    if packed_attention.set_kernel(opts.packed_attention) != opts.packed_attention:
+        parser.error("no variable-length attention kernel here (PyTorch 2.10+ and an sm80+ GPU)")
 
     torch.manual_seed(0)
     model = checkpoint.build_model(opts.model_card, 4, 32, 0.1).cuda()
