@@ -7,10 +7,10 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_config
 from gpt2_ft import build_parser, check_args
+from test_packed_attention import reference_varlen_attn
 from loranlg import checkpoint, data, loss, optim, packed_attention, train
 from loranlg.distributed import DistContext
 
@@ -115,26 +115,6 @@ def test_collate_packed_puts_examples_end_to_end():
     assert batch["pad_index"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 0], [6, 7, 8, 0, 0, 0, 0, 0]]
     assert batch["pack_index"].tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 0, 0, 0]
     assert batch["cu_seqlens"].tolist() == [0, 6, 9, 12] and batch["cu_seqlens"].dtype == torch.int32
-
-
-def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, window_size=None, is_causal=False):
-    """torch.nn.attention.varlen.varlen_attn's contract for causal masking, one example at a time: q, k, v
-    [rows, H, hd]; the rows cu[i]..cu[i+1]-1 form example i and attend among themselves."""
-    assert window_size == (-1, 0) or (window_size is None and is_causal)
-    assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k)
-    bounds = cu_seq_q.tolist()
-    assert bounds[0] == 0 and bounds[-1] == q.shape[0] and max_q >= max(b - a for a, b in zip(bounds, bounds[1:]))
-    parts = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True)
-             .transpose(0, 1) for a, b in zip(bounds, bounds[1:]) if b > a]
-    return torch.cat(parts)
-
-
-def test_the_varlen_kernel_is_chosen_only_where_it_runs(monkeypatch):
-    monkeypatch.setattr(packed_attention, "KERNEL", packed_attention.KERNEL)  # restored afterwards
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert packed_attention.set_kernel("varlen") == "gather" == packed_attention.KERNEL
-    with pytest.raises(ValueError, match="one of"):
-        packed_attention.set_kernel("flash")
 
 
 def test_padding_to_longest_equals_padding_to_seq_len(monkeypatch):
