@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_script, tiny_model
-from loranlg import beam as beam_module
-from loranlg.beam import (BeamSettings, beam_search, distinct_batches, largest_indices, process_logits,
+from loranlg.beam import (BeamSettings, beam_search, distinct_batches, process_logits,
                           top_log_probs)
 
 NEG_INF = float("-inf")
@@ -147,18 +146,6 @@ def test_cases_end_early_and_stop_early():
     assert stopped >= 3
 
 
-def test_largest_indices_in_chunks_equal_topk():
-    """The chunked top-k (rows of 5 x 384, the last 40 entries -inf as a padded head's) gives torch.topk's
-    indices, best first; and rows too short for chunks go straight to torch.topk."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(9, 5 * beam_module.TOPK_CHUNK, generator=gen)
-    x[:, -40:] = NEG_INF
-    for k in (1, 4, 10):
-        assert torch.equal(largest_indices(x, k), torch.topk(x, k, dim=1).indices)
-    short = x[:, :700]
-    assert torch.equal(largest_indices(short, 3), torch.topk(short, 3, dim=1).indices)
-
-
 def test_top_log_probs_are_the_best_of_log_softmax():
     s = BeamSettings(beam=5, no_repeat_ngram_size=2, repetition_penalty=1.3, eos_ids=(2,), min_length=3)
     gen = torch.Generator().manual_seed(4)
@@ -170,10 +157,9 @@ def test_top_log_probs_are_the_best_of_log_softmax():
     assert torch.equal(ids, expected_ids) and torch.equal(logp, expected)
 
 
-def test_padded_head_and_chunked_top_k_match_reference(monkeypatch):
-    """gpt2_beam.py's model has a head padded to a multiple of 64 (with -inf logits past the vocabulary) and
-    the top-k goes by chunks: here 61 tokens padded to 64, in chunks of 4."""
-    monkeypatch.setattr(beam_module, "TOPK_CHUNK", 4)
+def test_padded_head_matches_reference():
+    """gpt2_beam.py's model has a head padded to a multiple of 64 (with -inf logits past the vocabulary):
+    here 61 tokens padded to 64."""
     s = BeamSettings(beam=4, eval_len=12, length_penalty=0.8, no_repeat_ngram_size=3, eos_ids=(5,))
     model = peaked_model(11, (5,), 1.0)
     contexts = random_contexts(11, 5)

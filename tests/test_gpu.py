@@ -103,7 +103,7 @@ def test_beam_search_on_the_gpu_matches_the_reference(dtype):
 
 
 def test_graphed_beam_search_equals_eager_in_bf16():
-    """gpt2_beam.py's GPU setting (bf16, the head padded with -inf logits, chunked top-k over 50,304 columns,
+    """gpt2_beam.py's GPU setting (bf16, the head padded with -inf logits, top-k over 50,304 columns,
     beam 10 over many key widths): the CUDA graphs replay the eager kernels, so the outputs are identical."""
     from conftest import tiny_model
     from loranlg.beam import BeamSettings, beam_search
@@ -151,19 +151,24 @@ def test_triton_decode_attention_on_the_gpu_is_as_close_as_pytorchs():
 
 @needs_triton
 def test_beam_search_with_triton_attention_and_graphs():
-    """--attention triton in bf16: nearly every output as with PyTorch's attention (bf16 rounding differs, so
-    a near-tie may go the other way), and CUDA graphs replaying the kernel change nothing."""
+    """--attention triton: the outputs of PyTorch's attention, and CUDA graphs replaying the kernel change
+    nothing. In fp16 (the kernel's other type), with embeddings 30x the initial ones: a random model's
+    next-token distributions are nearly flat, so in bf16 one rounding step flips its near-ties (half the
+    outputs differed, fifth session) whichever kernel is right."""
     from conftest import tiny_model
     from loranlg.beam import BeamSettings, beam_search
 
-    model = tiny_model(3, n_embd=128, n_head=2, vocab_size=50257, n_positions=1024).to("cuda", torch.bfloat16)
+    model = tiny_model(3, n_embd=128, n_head=2, vocab_size=50257, n_positions=1024)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(30)
+    model = model.to("cuda", torch.float16)
     model.pad_head_for_inference()
     gen = torch.Generator().manual_seed(3)
     contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in range(5, 45, 2)]
     s = BeamSettings(beam=10, eval_len=40, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
     sdpa = beam_search(model, contexts, s)
     triton = beam_search(model, contexts, s, attention="triton")
-    assert sum(a == b for a, b in zip(sdpa, triton)) >= 0.8 * len(contexts)
+    assert sum(a == b for a, b in zip(sdpa, triton)) >= 0.9 * len(contexts)
     stats = {}
     assert beam_search(model, contexts, s, attention="triton", cuda_graphs=True, stats=stats) == triton
     assert stats["replays"] > 0
