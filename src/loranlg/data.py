@@ -20,6 +20,7 @@ import random
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
+from . import batch_transfer
 from .errors import InputError
 from .files import read_jsonl
 
@@ -169,9 +170,6 @@ def iterate_batches(dataset, batches, start=0, device=None, collate_fn=collate, 
     run."""
     for number in range(start, len(batches)):
         batch = collate_fn([dataset[i] for i in batches[number]], dataset.seq_len, **padding)
-        if device is not None and device.type == "cuda":
-            # pinned memory: the copy is queued without waiting for the GPU to finish the previous step
-            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-        elif device is not None:
-            batch = {k: v.to(device) for k, v in batch.items()}
+        if device is not None:
+            batch = batch_transfer.to_device(batch, device)
         yield number, batch
