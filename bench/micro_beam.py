@@ -110,7 +110,8 @@ def scores_table():
     print(f"| softmax once, torch.topk of each fp32 row, top-k over B x B | "
           f"{gpu_us(lambda: rows_then_contexts(logits[:, :VOCAB].float())):.0f} us |")
     print(f"| the same, torch.topk of each bf16 row | {gpu_us(lambda: rows_then_contexts(logits[:, :VOCAB])):.0f} us |")
-    print(f"| beam.top_log_probs + top-k over B x B (now; largest score difference: {difference:.1e}) | {gpu_us(now):.0f} us |")
+    print(f"| beam.top_log_probs + top-k over B x B (now; largest score difference: {difference:.1e}) | "
+          f"{gpu_us(now):.0f} us |")
     print(f"| parts: conversion to fp32 | {gpu_us(lambda: logits[:, :VOCAB].float()):.0f} us |")
     print(f"| parts: softmax of fp32 rows | {gpu_us(lambda: torch.softmax(fp32_rows, -1)):.0f} us |")
     print(f"| parts: torch.topk of each row (bf16 / fp32) | {gpu_us(lambda: torch.topk(logits, BEAMS, dim=1)):.0f} / "

@@ -33,7 +33,7 @@ def test_the_layout_depends_only_on_names_types_and_shapes():
     longer = dict(batch, input=torch.zeros(batch["input"].numel() + 1, dtype=torch.int64))
     assert batch_transfer.byte_layout(longer) != batch_transfer.byte_layout(batch)
     layout, size = batch_transfer.byte_layout(batch)
-    ends = [offset + torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    ends = [offset + torch.Size(shape).numel() * dtype.itemsize
             for _, dtype, shape, offset in layout]
     assert all(offset % batch_transfer.ALIGN == 0 for *_, offset in layout)
     assert all(end <= next_offset for end, (*_, next_offset) in zip(ends, layout[1:])) and ends[-1] <= size

@@ -36,14 +36,15 @@ def views(flat, layout):
     """The tensors of `layout` as views into the byte buffer `flat`."""
     out = {}
     for name, dtype, shape, offset in layout:
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        size = torch.Size(shape).numel() * dtype.itemsize
         out[name] = flat[offset:offset + size].view(dtype).view(shape)
     return out
 
 
 def to_device(tensors, device):
-    """A Batch on `device` holding the values of `tensors` (CPU tensors): one copy, asynchronous on a GPU
-    (the host buffer is pinned, so the copy is queued without waiting for the GPU's earlier work)."""
+    """A Batch on `device` holding the values of `tensors` (CPU tensors; others are read back first): one
+    copy, asynchronous on a GPU (the host buffer is pinned, so the copy is queued without waiting for the
+    GPU's earlier work)."""
     layout, size = byte_layout(tensors)
     host = torch.empty(size, dtype=torch.uint8, pin_memory=device.type == "cuda")
     for name, view in views(host, layout).items():

@@ -3,10 +3,11 @@
 Eager PyTorch launches about 1,300 kernels for one GPT-2 medium step; at E2E's ~600 token positions a step
 the GPU finishes each faster than the CPU can launch the next (SPEC 11: 54-63 ms eager). A CUDA graph
 replays the whole step (forward, loss, backward, optimizer update) with one launch. The batch is copied into
-the graph's static buffers, all in one copy (batch_transfer.py). The batch comes packed (data.collate_packed) and padded to multiples of 64 tokens
-and 64 loss positions (with weight 0), its longest example to a multiple of 16: with causal attention
-within each example and a weighted loss, neither packing nor padding changes a number (tests/test_train.py
-proves it on the CPU), and E2E needs a few dozen graphs.
+the graph's static buffers, all in one copy (batch_transfer.py). The batch comes packed
+(data.collate_packed) and padded to multiples of 64 tokens and 64 loss positions (with weight 0), its
+longest example to a multiple of 16: with causal attention within each example and a weighted loss,
+neither packing nor padding changes a number (tests/test_train.py proves it on the CPU), and E2E needs a few
+dozen graphs.
 
 Requirements on the pieces captured: no host-device synchronisation, and an optimizer whose learning rate
 and step count live in device tensors (optim.py's capturable mode).
@@ -28,7 +29,8 @@ class GraphedTrainStep:
 
     train_step_fn(batch) must do forward, loss, backward and optimizer.step() and return the loss tensor;
     it gets the graph's copies of the batch's tensors (all but those named in `unused`), and is captured once
-    per shape of the batch (a batch_transfer.Batch, or a dict of tensors that becomes one; collate pads lengths and loss positions to multiples, so few shapes occur).
+    per shape of the batch (a batch_transfer.Batch, or a dict of tensors that becomes one; collate pads
+    lengths and loss positions to multiples, so few shapes occur).
     `protect` lists the tensors the warm-up runs would change (parameters, optimizer state): they are
     restored before the first real step, and after a failed capture.
     """
