@@ -110,13 +110,12 @@ def run_once(data, work_dir, batch_size, precision, args, graphs=False, attentio
 
 def run_baseline(data, precision, args):
     """hf_baseline.py beam's result over the same contexts, beams and length (its own process)."""
-    cmd = [sys.executable, str(REPO / "bench" / "hf_baseline.py"), "beam", "--data", data, "--precision", precision,
-           "--beam", str(args.beam), "--eval_len", str(args.eval_len)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    import hf_baseline  # bench/, beside this script
+
+    result = hf_baseline.run_in_own_process("beam", "--data", data, "--precision", precision, "--beam", args.beam,
+                                            "--eval_len", args.eval_len)
     print(f"done: transformers generate {precision}", file=sys.stderr)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main():

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 
 import torch  # noqa: E402
 
+import hf_baseline  # noqa: E402  (bench/, beside this script)
 from gpt2_ft import build, build_parser, check_args  # noqa: E402
 from loranlg.distributed import cleanup, setup_distributed  # noqa: E402
 from loranlg.encode import encode_pairs  # noqa: E402
@@ -241,12 +242,7 @@ def baseline_rows(opts):
         data = os.path.join(tmp, "valid.jsonl")
         encode_e2e_valid(opts.shared, data)
         for precision in opts.precisions.split(","):
-            cmd = [sys.executable, os.path.join(REPO, "bench", "hf_baseline.py"), "train", "--data", data,
-                   "--precision", precision]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-            results[precision] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[precision] = hf_baseline.run_in_own_process("train", "--data", data, "--precision", precision)
             print(f"done: transformers + peft {precision}", file=sys.stderr)
     return results
 

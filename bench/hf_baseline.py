@@ -10,10 +10,23 @@ bench_train.py and bench_beam.py run it in their own run and put its row in thei
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
+
+
+def run_in_own_process(*args):
+    """`python hf_baseline.py *args` in a process of its own (its memory and compiled state apart from ours):
+    its result line as a dict; the run stops with the baseline's error if it fails."""
+    cmd = [sys.executable, os.path.abspath(__file__), *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def read_examples(path):
