@@ -1,18 +1,21 @@
 """Where one CUDA-graph training step spends its time: replay-only milliseconds on a fixed batch (the GPU's
 share, no data loading) and the CUDA kernels of a few replays, largest first.
 
-    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile] [--compile_optimizer] [--precision bf16]
-                                  [--packed_attention varlen]
+    python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile [--plain_optimizer]] [--precision bf16]
+                                  [--packed_attention varlen] [--sdpa flash] [--inductor NAME=VALUE]
+                                  [--eager_shapes]
 
 The batch is 8 examples drawn at random (--seed), as the training sampler draws them: its padded length is
 a typical one (E2E averages 77 tokens padded, 84 with the graph's buckets of 16).
 """
 
 import argparse
+import ast
 import json
 import os
 import random
 import sys
+import time
 import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,11 +36,19 @@ def main():
     parser.add_argument("--data", required=True, help="encoded jsonl (context / completion ids)")
     parser.add_argument("--model_card", default="gpt2.md", help="model size (gpt2.md)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="(bf16)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks too")
-    parser.add_argument("--compile_optimizer", action="store_true",
-                        help="torch.compile the optimizer's update too (train.COMPILE_OPTIMIZER)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile as gpt2_ft.py does: the blocks, the loss and (train.COMPILE_OPTIMIZER) "
+                             "the optimizer's update, with train.COMPILE_OPTIONS")
+    parser.add_argument("--plain_optimizer", action="store_true", help="with --compile, leave the update uncompiled")
+    parser.add_argument("--eager_shapes", action="store_true",
+                        help="also profile eager steps (no graph, no compile) and list operators by input shape")
     parser.add_argument("--packed_attention", default="gather", choices=packed_attention.KERNELS,
                         help="attention over the packed rows (packed_attention.KERNEL; gather)")
+    parser.add_argument("--sdpa", default="default", choices=["default", "flash", "efficient", "cudnn"],
+                        help="the only scaled_dot_product_attention backend allowed (default: PyTorch's choice)")
+    parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
+                        help="Inductor option NAME (a Python literal) for every compiled part, added to "
+                             "train.COMPILE_OPTIONS (e.g. combo_kernels=False); repeatable")
     parser.add_argument("--batch", type=int, default=8, help="examples per step (8)")
     parser.add_argument("--replays", type=int, default=100, help="timed replays (100)")
     parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
@@ -46,6 +57,10 @@ def main():
     if packed_attention.set_kernel(opts.packed_attention) != opts.packed_attention:
         parser.error("no variable-length attention kernel here (PyTorch 2.10+ and an sm80+ GPU)")
 
+    if opts.sdpa != "default":
+        torch.backends.cuda.enable_cudnn_sdp(opts.sdpa == "cudnn")
+        torch.backends.cuda.enable_flash_sdp(opts.sdpa == "flash")
+        torch.backends.cuda.enable_mem_efficient_sdp(opts.sdpa == "efficient")
     torch.manual_seed(0)
     model = checkpoint.build_model(opts.model_card, 4, 32, 0.1).cuda()
     examples = [(r["context"], r["completion"]) for r in map(json.loads, open(opts.data))]
@@ -60,14 +75,22 @@ def main():
     optimizer = optim.create_optimizer(model, args, capturable=True)
     objective = LMObjective(model, opts.precision)
     objective.store_frozen_matrices()
+    if opts.eager_shapes:
+        profile_eager_by_shape(objective, optimizer, batch, args, opts.top)
+    for setting in opts.inductor:
+        name, value = setting.split("=", 1)
+        train.COMPILE_OPTIONS[name] = ast.literal_eval(value)
     if opts.compile:
+        started = time.perf_counter()
         train.compile_objective(objective)
-    if opts.compile_optimizer:
-        optimizer.compile_update()
+    if opts.compile and train.COMPILE_OPTIMIZER and not opts.plain_optimizer:
+        optimizer.compile_update(train.compile_options())
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = train.graphed_train_step(objective, optimizer, trainable, args)
     step(batch)
     torch.cuda.synchronize()
+    if opts.compile:
+        print(f"compile and capture: {time.perf_counter() - started:.0f} s (options {train.compile_options()})")
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(opts.replays):
@@ -84,6 +107,30 @@ def main():
     averages = prof.key_averages()
     print(averages.table(sort_by="cuda_time_total", row_limit=opts.top, max_name_column_width=70))
     print_categories(averages, replays=5)
+
+
+def profile_eager_by_shape(objective, optimizer, batch, args, top):
+    """The operators of three eager steps with their GPU time, grouped by input shapes (which matrix
+    products cost what)."""
+    from torch.profiler import ProfilerActivity, profile
+    packing = {name: batch[name] for name in data.PACKING_KEYS}
+
+    def eager_step():
+        loss = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], args.label_smooth,
+                         packing)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    eager_step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        for _ in range(3):
+            eager_step()
+        torch.cuda.synchronize()
+    averages = prof.key_averages(group_by_input_shape=True)
+    print(averages.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=40,
+                         max_shapes_column_width=80))
 
 
 CATEGORIES = [("matrix products", ("gemm", "cutlass", "sm90_xmma", "sm80_xmma", "nvjet", "cublas")),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in one go (the device machine is lent by the minute): GPU parity tests,
 # then ours against the transformers + peft baseline, printing short tables. Logs go to $OUT when set.
-#   bash bench/run_gpu.sh [tests] [train] [micro] [beam] [profile] [eager]  (default: the first four;
-#   profile: a graphed training step's kernels by kind; eager: our eager training steps against
-#   transformers + peft, measured in the second session)
+#   bash bench/run_gpu.sh [tests] [train] [micro] [beam] [profile] [trace] [eager]  (default: the first four;
+#   profile: a graphed training step's kernels by kind; trace: where the GPU idles in the training loop;
+#   eager: our eager training steps against transformers + peft, measured in the second session)
 #   SHARED=path/to/shared (default ../shared): vocab/ and data/e2e/{valid,test}.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,15 +22,16 @@ for item in $WHAT; do
     tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     train)
       # each table also times transformers + peft at its precision first (bench/hf_baseline.py), same data
-      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile+optimizer,graph+compile+varlen,graph+compile+optimizer+varlen --precisions bf16 --layouts packed} 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -5
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile-optimizer-combo,graph+compile+varlen --precisions bf16 --layouts packed} 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -5
       python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -2 ;;
     profile)
       # where a graphed training step's GPU time goes, by kind of kernel, with each packed attention
       python3 src/format_converting_e2e.py "$SHARED/data/e2e/valid.txt" "$TMP/valid_formatted.jsonl"
       python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/valid_formatted.jsonl" --output "$TMP/valid.jsonl" --add_bos --add_eos
       for attention in gather varlen; do
-        python3 bench/profile_train.py --data "$TMP/valid.jsonl" --compile --compile_optimizer --packed_attention $attention 2>&1 | tee -a "$OUT/profile.log" | grep -E '^replay|^\|'
+        python3 bench/profile_train.py --data "$TMP/valid.jsonl" --compile --packed_attention $attention 2>&1 | tee -a "$OUT/profile.log" | grep -E '^replay|^\|'
       done ;;
+    trace) python3 bench/trace_train.py --shared "$SHARED" 2>&1 | tee "$OUT/trace.log" | grep -E '^loop|^span|^\|' ;;
     eager)
       # eager steps need no warm-up epoch (nothing is captured or compiled)
       python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 2>&1 | tee "$OUT/eager.log" | grep '^|' | tail -4 ;;

@@ -305,7 +305,7 @@ def test_capturable_adam_equals_eager_adam():
         opt = AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, correct_bias=True,
                     capturable=capturable)
         if compiled:
-            opt.compile_update()
+            opt.compile_update(train.compile_options())  # as gpt2_ft.py compiles it
         schedule = Schedule(opt, "linear", warmup=2, max_step=6)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
@@ -320,6 +320,13 @@ def test_capturable_adam_equals_eager_adam():
         assert (eager.detach() - initial).abs().max() > 1e-3  # the updates did something
         torch.testing.assert_close(captured.detach(), eager.detach(), rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_compile_options_leave_out_what_this_inductor_does_not_know(monkeypatch):
+    """An option that an older PyTorch lacks must not make torch.compile fail (and the run fall back to no
+    compilation at all): it is dropped, the others are kept."""
+    monkeypatch.setattr(train, "COMPILE_OPTIONS", {"combo_kernels": True, "no_such_inductor_option": 1})
+    assert train.compile_options() == {"combo_kernels": True}
 
 
 def test_optimizer_state_moves_between_eager_and_capturable_modes():

@@ -48,12 +48,12 @@ class AdamW(torch.optim.Optimizer):
         if "lr_tensor" in group:
             group["lr_tensor"].fill_(lr)
 
-    def compile_update(self):
+    def compile_update(self, options=None):
         """torch.compile the capturable update: its ~30 small foreach and scalar kernels become a few fused
         ones (inside the CUDA-graph step launches cost more than the arithmetic). Same arithmetic, up to the
-        rounding of fused multiply-adds."""
+        rounding of fused multiply-adds. options: Inductor's (train.compile_options())."""
         if self.capturable:
-            self._compiled_update = torch.compile(capturable_update)
+            self._compiled_update = torch.compile(capturable_update, options=options)
 
     def uncompile_update(self):
         self._compiled_update = None
