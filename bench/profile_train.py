@@ -54,6 +54,12 @@ def main():
     parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
     parser.add_argument("--seed", type=int, default=0, help="which random batch (0)")
     opts = parser.parse_args()
+    for setting in opts.inductor:
+        name, _, value = setting.partition("=")
+        try:
+            train.COMPILE_OPTIONS[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--inductor {setting!r}: expected NAME=VALUE with a Python literal, e.g. combo_kernels=True")
     if packed_attention.set_kernel(opts.packed_attention) != opts.packed_attention:
         parser.error("no variable-length attention kernel here (PyTorch 2.10+ and an sm80+ GPU)")
 
@@ -77,9 +83,6 @@ def main():
     objective.store_frozen_matrices()
     if opts.eager_shapes:
         profile_eager_by_shape(objective, optimizer, batch, args, opts.top)
-    for setting in opts.inductor:
-        name, value = setting.split("=", 1)
-        train.COMPILE_OPTIONS[name] = ast.literal_eval(value)
     if opts.compile:
         started = time.perf_counter()
         train.compile_objective(objective)
