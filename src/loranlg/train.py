@@ -158,10 +158,11 @@ def compile_objective(objective):
     """torch.compile each transformer block (one compiled graph serves all, with dynamic lengths) and the
     loss (head, cross-entropy, label smoothing in a few fused kernels). Compilation happens at the first
     call; False when this PyTorch cannot compile at all."""
+    options = compile_options()
     try:
         for block in objective.model.transformer.h:
-            block.compile(dynamic=True, options=compile_options())
-        objective.loss_fn = torch.compile(masked_lm_loss, dynamic=True, options=compile_options())
+            block.compile(dynamic=True, options=options)
+        objective.loss_fn = torch.compile(masked_lm_loss, dynamic=True, options=options)
     except Exception:  # e.g. no torch.compile for this Python version
         uncompile_objective(objective)
         return False
