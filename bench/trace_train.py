@@ -34,11 +34,11 @@ class TraceSteps(bench_train.StepHook):
         self.calls += 1
         if self.calls == self.warmup + 1:
             self.profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-            self.profiler.__enter__()
+            self.profiler.start()
         loss = original(step, batch)
         if self.calls == self.warmup + self.traced:
             torch.cuda.synchronize()
-            self.profiler.__exit__(None, None, None)
+            self.profiler.stop()
         return loss
 
 
