@@ -1,15 +1,18 @@
-# Sourced (not run) by the E2E stage scripts train_e2e.sh, beam_e2e.sh, decode_e2e.sh, eval_e2e.sh, run_e2e.sh.
+# Sourced (not run) by the stage scripts train.sh, beam.sh, decode.sh, eval.sh and run.sh (and through them by
+# the per-task names: train_e2e.sh ... run_e2e.sh, run_webnlg.sh, run_dart.sh).
 # Settings shared by the stages. Every setting is a variable with a matching flag; the flag wins:
+#   TASK         --task e2e|webnlg|dart   the data set and its recipe (default e2e; see "Recipes" below)
 #   MODEL        --model md|lg|sm         GPT-2 size (default md)
 #   NGPU         --ngpu N                 processes per node (default 1)
-#   WORK_DIR     --work_dir DIR           run directory (default trained_models/GPT2_M/e2e for md, ..._L for lg)
+#   WORK_DIR     --work_dir DIR           run directory (default trained_models/GPT2_M/TASK for md, ..._L for lg)
 #   FORCE=1      --force                  redo a stage whose outputs exist
 #   LAUNCHER     --launcher torchrun|launch|python
 #                                         torchrun (default), python -m torch.distributed.launch, or one plain process
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT  (--nnodes --node_rank --master_addr --master_port) several nodes
 #                                         (defaults 1, 0, 127.0.0.1, 29500; on one node torchrun runs --standalone,
 #                                         on a free port, unless MASTER_PORT is set)
-#   DATA_DIR     --data_dir DIR           the E2E jsonl files (default data/e2e)
+#   DATA_DIR     --data_dir DIR           the task's jsonl files (default data/e2e, data/webnlg_challenge_2017,
+#                                         data/dart)
 #   PRETRAINED_DIR --pretrained_dir DIR   GPT-2 weights and vocabulary (default pretrained_checkpoints)
 #   VOCAB_DIR    --vocab DIR              GPT-2 vocabulary (default PRETRAINED_DIR)
 #   INIT_CHECKPOINT --init_checkpoint F   base weights (default PRETRAINED_DIR/gpt2-medium-pytorch_model.bin
@@ -19,9 +22,17 @@
 #   LORA_DIM     --lora_dim R             LoRA rank (default 4); 0 is full fine-tuning
 #   CHECKPOINT   --checkpoint F           what beam search decodes (default: the one named by WORK_DIR/train.done),
 #                                         e.g. a released LoRA file such as gpt2_md_lora_e2e.pt
+#                                         (gpt2_md_lora_webnlg.pt, gpt2_md_lora_dart.pt, gpt2_lg_lora_*.pt)
 #   PYTHON                                the interpreter (default python3)
 # Relative paths are taken from the repository root (the scripts run from any directory).
 # Anything after `--` goes to the stage's Python command as extra flags (a repeated flag overrides ours).
+# Recipes (paper Table 11; a flag after -- changes one): every task trains with batch 8, lr 2e-4, 5 epochs,
+# warmup 500, linear schedule, r 4, alpha 32, seed 110, and decodes with beam 10, no-repeat n-gram 4, eval_len 64;
+#   e2e:    weight decay 0.01, LoRA dropout 0.1, label smoothing 0.1, length penalty 0.8 (the original README's;
+#           the paper's table says 0.9); scored by eval/e2e/measure_scores.py (BLEU, NIST, METEOR, ROUGE-L, CIDEr)
+#   webnlg: weight decay 0.01, LoRA dropout 0.1, label smoothing 0.1, length penalty 0.8; scored by
+#           eval/GenerationEval/eval.py (BLEU, METEOR, TER) on the unseen, seen and all test categories
+#   dart:   weight decay 0.0, LoRA dropout 0.0, label smoothing 0.0, length penalty 0.8; scored like webnlg (all)
 
 set -euo pipefail
 
@@ -48,6 +59,7 @@ log() {
 parse_common_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
+      --task) TASK=$2; shift 2 ;;
       --model) MODEL=$2; shift 2 ;;
       --ngpu|--nproc_per_node) NGPU=$2; shift 2 ;;
       --work_dir|--work-dir) WORK_DIR=$2; shift 2 ;;
@@ -74,12 +86,27 @@ parse_common_args() {
   resolve_settings
 }
 
+# The task's data folder and recipe (paper Table 11; the header's "Recipes").
+task_settings() {
+  TASK=${TASK:-e2e}
+  case "$TASK" in
+    e2e) TASK_NAME=E2E; DATA_NAME=e2e; WEIGHT_DECAY=0.01; LORA_DROPOUT=0.1; LABEL_SMOOTH=0.1; LENGTH_PENALTY=0.8
+         PREDICT_SUFFIX=b10p08r4 ;;
+    webnlg) TASK_NAME=WebNLG; DATA_NAME=webnlg_challenge_2017; WEIGHT_DECAY=0.01; LORA_DROPOUT=0.1; LABEL_SMOOTH=0.1
+            LENGTH_PENALTY=0.8; PREDICT_SUFFIX=b10p08 ;;
+    dart) TASK_NAME=DART; DATA_NAME=dart; WEIGHT_DECAY=0.0; LORA_DROPOUT=0.0; LABEL_SMOOTH=0.0; LENGTH_PENALTY=0.8
+          PREDICT_SUFFIX=b10p08 ;;
+    *) die "--task must be e2e, webnlg or dart (TASK=$TASK)" ;;
+  esac
+}
+
 resolve_settings() {
+  task_settings
   MODEL=${MODEL:-md}
   case "$MODEL" in
-    sm) SIZE_NAME=gpt2; DEFAULT_WORK=trained_models/GPT2_S/e2e ;;
-    md) SIZE_NAME=gpt2-medium; DEFAULT_WORK=trained_models/GPT2_M/e2e ;;
-    lg) SIZE_NAME=gpt2-large; DEFAULT_WORK=trained_models/GPT2_L/e2e ;;
+    sm) SIZE_NAME=gpt2; DEFAULT_WORK=trained_models/GPT2_S/$TASK ;;
+    md) SIZE_NAME=gpt2-medium; DEFAULT_WORK=trained_models/GPT2_M/$TASK ;;
+    lg) SIZE_NAME=gpt2-large; DEFAULT_WORK=trained_models/GPT2_L/$TASK ;;
     *) die "--model must be sm, md or lg (MODEL=$MODEL)" ;;
   esac
   MODEL_CARD=${MODEL_CARD:-gpt2.$MODEL}
@@ -95,8 +122,9 @@ resolve_settings() {
   PRECISION_ARGS=()
   if [ -n "$PRECISION" ]; then PRECISION_ARGS=(--precision "$PRECISION"); fi
   LORA_DIM=${LORA_DIM:-4}
+  WORK_DIR_GIVEN=${WORK_DIR:+1}
   WORK_DIR=$(absolute "${WORK_DIR:-$DEFAULT_WORK}")
-  DATA_DIR=$(absolute "${DATA_DIR:-data/e2e}")
+  DATA_DIR=$(absolute "${DATA_DIR:-data/$DATA_NAME}")
   PRETRAINED_DIR=$(absolute "${PRETRAINED_DIR:-pretrained_checkpoints}")
   VOCAB_GIVEN=${VOCAB_DIR:+1}
   VOCAB_DIR=$(absolute "${VOCAB_DIR:-$PRETRAINED_DIR}")
@@ -171,7 +199,13 @@ run() {
   "$@"
 }
 
-# The checkpoint that train_e2e.sh finished with (CHECKPOINT overrides, e.g. a released LoRA file).
+# The command that runs a stage of this task, for messages: "bash scripts/train_e2e.sh", or
+# "bash scripts/train.sh --task dart".
+stage_command() {
+  if [ "$TASK" = e2e ]; then echo "bash scripts/$1_e2e.sh"; else echo "bash scripts/$1.sh --task $TASK"; fi
+}
+
+# The checkpoint that train.sh finished with (CHECKPOINT overrides, e.g. a released LoRA file).
 final_checkpoint() {
   if [ -n "${CHECKPOINT:-}" ]; then
     absolute "$CHECKPOINT"
@@ -179,14 +213,31 @@ final_checkpoint() {
   fi
   local marker=$WORK_DIR/train.done
   [ -s "$marker" ] || die "$STAGE: no finished training in $WORK_DIR (no train.done; make it with:" \
-    "bash scripts/train_e2e.sh, or set CHECKPOINT=path/to/model.pt)"
+    "$(stage_command train), or set CHECKPOINT=path/to/model.pt)"
   echo "$WORK_DIR/$(cat "$marker")"
 }
 
-# predict.{step}.b10p08r4.jsonl as in the original README; {step} is the checkpoint's name without model./.pt.
+# predict.{step}.b10p08r4.jsonl (E2E) or predict.{step}.b10p08.jsonl (WebNLG, DART) as in the original README;
+# {step} is the checkpoint's name without model./.pt.
 predict_file() {
   local name
   name=$(basename "$1" .pt)
-  echo "$WORK_DIR/predict.${name#model.}.b10p08r4.jsonl"
+  echo "$WORK_DIR/predict.${name#model.}.$PREDICT_SUFFIX.jsonl"
 }
 
+
+# WebNLG is scored on the unseen, seen and all test categories (the paper's U/S/A); DART on all.
+generation_subsets() {
+  if [ "$TASK" = webnlg ]; then echo "unseen seen all"; else echo all; fi
+}
+
+# WORK_DIR/references_<task>[_<subset>] and hypothesis_<task>[_<subset>]: the original README's names for all.
+subset_suffix() {
+  if [ "$1" = all ]; then echo "$TASK"; else echo "${TASK}_$1"; fi
+}
+references_dir() {
+  echo "$WORK_DIR/references_$(subset_suffix "$1")"
+}
+hypothesis_file() {
+  echo "$WORK_DIR/hypothesis_$(subset_suffix "$1")"
+}

@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
 
 from loranlg.errors import run_cli  # noqa: E402
-from loranlg.report import plot_losses  # noqa: E402
+from loranlg.loss_plot import plot_losses  # noqa: E402
 
 
 def parse_args(argv):

@@ -1,4 +1,5 @@
-"""The comparison with the paper's Table 3 and the loss plot (src/loranlg/report.py and its two scripts)."""
+"""The comparison with the paper's tables (report.py, paper_results.py) and the loss plot (loss_plot.py), with their
+two scripts."""
 
 import json
 import subprocess
@@ -8,8 +9,9 @@ import pytest
 
 from conftest import REPO
 from loranlg.errors import InputError
-from loranlg.report import (PaperScore, comparison_table, moving_average, paper_rows, plot_losses,
-                            read_loss_history, read_scores)
+from loranlg.loss_plot import moving_average, plot_losses, read_loss_history
+from loranlg.paper_results import PaperScore, generation_rows, paper_rows
+from loranlg.report import comparison_table, generation_table, read_scores
 
 # The official score block of SPEC 8 (devel-conc.txt vs baseline-output.txt), as measure_scores.py prints it.
 OFFICIAL_BLOCK = """SCORES:
@@ -177,3 +179,54 @@ def test_plot_bad_metrics_leave_no_png(tmp_path, lines, message):
     assert not output.exists()
     done = run_py_script("plot_losses.py", "--metrics", metrics, "--output", output)
     assert done.returncode == 2 and message in done.stderr and not output.exists()
+
+
+def test_generation_rows_hold_the_readme_table():
+    webnlg = dict((method, scores) for method, _, scores in generation_rows("webnlg", "md"))
+    assert [webnlg["LoRA"][s].value for s in ("unseen", "seen", "all")] == [46.7, 62.1, 55.3]
+    assert [webnlg["LoRA"][s].half_width for s in ("unseen", "seen", "all")] == [0.4, 0.2, 0.2]
+    assert [webnlg["Fine-Tune"][s].value for s in ("unseen", "seen", "all")] == [30.4, 63.2, 47.6]
+    dart_lg = dict((method, scores) for method, _, scores in generation_rows("dart", "lg"))
+    assert list(dart_lg["LoRA"]) == ["all"] and dart_lg["LoRA"]["all"].value == 47.5
+    assert dart_lg["Adapter"]["all"].half_width == 0.1
+    # "+-.0" is an interval of zero width, not the rounding of the print.
+    assert dict((m, s) for m, _, s in generation_rows("webnlg", "lg"))["Adapter"]["seen"].half_width == 0.0
+
+
+def scores_file(tmp_path, name, bleu, meteor=0.4, ter=0.5):
+    path = tmp_path / name
+    path.write_text(json.dumps({"bleu": bleu, "bleu_nltk": bleu / 100, "meteor": meteor, "ter": ter}))
+    return path
+
+
+def test_webnlg_table_marks_each_subset(tmp_path):
+    from loranlg.report import read_generation_scores
+    subsets = {"unseen": scores_file(tmp_path, "u.json", 47.2), "seen": scores_file(tmp_path, "s.json", 62.0),
+               "all": scores_file(tmp_path, "a.json", 55.0, meteor=0.41234, ter=0.43219)}
+    table = generation_table("webnlg", {k: read_generation_scores(v) for k, v in subsets.items()}, "md")
+    assert table_row(table, "**ours**")[3:6] == ["**47.20**", "**62.00**", "**55.00**"]
+    # 47.2 > 46.7 + .4; 62.0 within 62.1 +- .2; 55.0 < 55.3 - .2
+    assert table_row(table, "ours vs paper LoRA")[3:6] == ["above (+0.50)", "inside (-0.10)", "below (-0.30)"]
+    assert "| all | 55.00 | 0.4123 | 0.4322 |" in table
+    fine_tune = generation_table("webnlg", {k: read_generation_scores(v) for k, v in subsets.items()}, "lg",
+                                 method="FT")
+    assert "Fine-Tune (ref.)" in fine_tune and table_row(fine_tune, "ours vs paper Fine-Tune")[3] == "above (+5.50)"
+
+
+def test_compare_script_for_dart_and_webnlg(tmp_path):
+    dart = run_py_script("compare_with_paper.py", "--task", "dart", "--scores",
+                         f"all={scores_file(tmp_path, 'd.json', 47.0)}", "--model", "md",
+                         "--output", tmp_path / "dart.md")
+    assert dart.returncode == 0, dart.stderr
+    assert (tmp_path / "dart.md").read_text() in dart.stdout and "inside (-0.10)" in dart.stdout
+    missing = run_py_script("compare_with_paper.py", "--task", "webnlg", "--scores",
+                            f"all={tmp_path / 'd.json'}", "--model", "md", "--output", tmp_path / "w.md")
+    assert missing.returncode == 2 and "no scores for the unseen, seen test subset(s)" in missing.stderr
+    wrong = run_py_script("compare_with_paper.py", "--task", "webnlg", "--scores", f"{tmp_path / 'd.json'}",
+                          "--model", "md", "--output", tmp_path / "w.md")
+    assert wrong.returncode == 2 and "SUBSET=FILE" in wrong.stderr
+    (tmp_path / "bad.json").write_text('{"bleu": 40.0, "meteor": "x", "ter": 0.5}')
+    bad = run_py_script("compare_with_paper.py", "--task", "dart", "--scores", f"all={tmp_path / 'bad.json'}",
+                        "--model", "md", "--output", tmp_path / "w.md")
+    assert bad.returncode == 2 and "bad.json: no finite number for 'meteor'" in bad.stderr
+    assert not (tmp_path / "w.md").exists()

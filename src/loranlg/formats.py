@@ -53,10 +53,11 @@ def _triples_text(triples):
     return " | ".join(f"{subject} : {relation} : {obj}" for subject, relation, obj in triples)
 
 
-def webnlg_examples(path, category_counts=None):
+def webnlg_examples(path, category_counts=None, seen_categories=WEBNLG_SEEN_CATEGORIES):
     """Yield the examples of a WebNLG 2017 JSON file (the LoRA code's train/dev/test.json layout).
 
-    Entry i (from 1) is `entries[i-1][str(i)]`; one example per lexicalisation whose comment is 'good'.
+    Entry i (from 1) is `entries[i-1][str(i)]`; one example per lexicalisation whose comment is 'good';
+    `cate` is whether the entry's category is one of `seen_categories` (the demo passes its own).
     """
     data = _load_json(path)
     entries = _field(data, "entries", path, "top level", list)
@@ -76,7 +77,7 @@ def webnlg_examples(path, category_counts=None):
             lex_where = f"{where}['lexicalisations'][{k}]"
             if _field(lex, "comment", path, lex_where) == "good":
                 yield {"context": source, "completion": _field(lex, "lex", path, lex_where),
-                       "cate": category in WEBNLG_SEEN_CATEGORIES}
+                       "cate": category in seen_categories}
 
 
 def dart_examples(path):

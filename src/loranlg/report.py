@@ -1,73 +1,19 @@
-"""Our E2E scores beside the paper's (Table 3), and the training / validation loss curves of a run."""
+"""Our scores beside the paper's: E2E's five metrics against Table 3, DART's and WebNLG's BLEU (unseen / seen /
+all) against the repository README's table, as Markdown."""
 
-import io
 import json
 import math
 import re
 
 from .errors import InputError
-from .files import atomic_output, read_jsonl, read_lines
+from .files import atomic_output, read_lines
+from .paper_results import E2E_METRICS, GENERATION_SUBSETS, MODEL_NAMES, generation_rows, paper_rows
 
-METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+METRICS = E2E_METRICS
 HEADERS = {"BLEU": "BLEU", "NIST": "NIST", "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr"}
 # The paper prints BLEU, METEOR and ROUGE-L as percentages; NIST and CIDEr as they come.
 PAPER_SCALE = {"BLEU": 100.0, "NIST": 1.0, "METEOR": 100.0, "ROUGE_L": 100.0, "CIDEr": 1.0}
-# Values in the paper's units (Table 3, E2E test set). Each score is the printed text, so that the number of
-# decimals it was printed with is known; "a+-b" carries the paper's interval.
-PAPER_ROWS = {
-    "md": [
-        ("FT", "354.92M", "68.2 8.62 46.2 71.0 2.47"),
-        ("Adapter-L", "0.37M", "66.3 8.41 45.0 69.8 2.40"),
-        ("Adapter-L", "11.09M", "68.9 8.71 46.1 71.3 2.47"),
-        ("Adapter-H", "11.09M", "67.3 8.50 46.0 70.7 2.44"),
-        ("FT-Top2", "25.19M", "68.1 8.59 46.0 70.8 2.41"),
-        ("PreLayer", "0.35M", "69.7 8.81 46.1 71.4 2.49"),
-        ("LoRA", "0.35M", "70.4+-.1 8.85+-.02 46.8+-.2 71.8+-.1 2.53+-.02"),
-    ],
-    "lg": [
-        ("FT", "774.03M", "68.5 8.78 46.0 69.9 2.45"),
-        ("Adapter-L", "0.88M", "69.1 8.68 46.3 71.4 2.49"),
-        ("Adapter-L", "23.00M", "68.9 8.70 46.1 71.3 2.45"),
-        ("PreLayer", "0.77M", "70.3 8.85 46.2 71.7 2.47"),
-        ("LoRA", "0.77M", "70.4+-.1 8.89+-.02 46.8+-.2 72.0+-.2 2.47+-.02"),
-    ],
-}
-MODEL_NAMES = {"md": "GPT-2 M", "lg": "GPT-2 L"}
-
-
-class PaperScore:
-    """One printed number of the paper. Without a printed interval, the interval is the rounding of the print
-    (68.2 stands for [68.15, 68.25])."""
-
-    def __init__(self, text):
-        self.text = text
-        value, _, plus_minus = text.partition("+-")
-        self.value = float(value)
-        self.plus_minus = float(plus_minus) if plus_minus else None
-        decimals = len(value.partition(".")[2])
-        self.half_width = self.plus_minus if plus_minus else 0.5 * 10.0 ** -decimals
-
-    def mark(self, ours):
-        """'inside', 'above' or 'below' the interval, `ours` in the paper's units."""
-        if ours > self.value + self.half_width + 1e-9:
-            return "above"
-        if ours < self.value - self.half_width - 1e-9:
-            return "below"
-        return "inside"
-
-    def __str__(self):
-        if self.plus_minus is None:
-            return self.text
-        value, _, plus_minus = self.text.partition("+-")
-        return f"{value} ± {plus_minus}"
-
-
-def paper_rows(model):
-    """[(method, trainable, {metric: PaperScore})] for `md` or `lg`."""
-    if model not in PAPER_ROWS:
-        raise InputError(f"the paper has E2E rows for {' and '.join(PAPER_ROWS)} only, not {model!r}")
-    return [(method, trainable, dict(zip(METRICS, map(PaperScore, scores.split()))))
-            for method, trainable, scores in PAPER_ROWS[model]]
+TASKS = ("e2e", "webnlg", "dart")
 
 
 def _metric_name(key):
@@ -117,11 +63,7 @@ def _ours(value):
 def comparison_table(scores, model, method="LoRA", title=None):
     """Markdown: our row, the paper's rows for `model`, and our position against the paper's `method` row."""
     rows = paper_rows(model)
-    reference = [row for row in rows if row[0] == method]
-    if not reference:
-        raise InputError(f"no paper row for method {method!r} of {MODEL_NAMES[model]}; "
-                         f"expected one of {', '.join(sorted({row[0] for row in rows}))}")
-    _, ref_trainable, ref_scores = reference[-1]
+    ref_trainable, ref_scores = _reference_row(rows, method, model)
     ours = {name: scores[name] * PAPER_SCALE[name] for name in METRICS}
     header = "| | method | trainable | " + " | ".join(HEADERS[name] for name in METRICS) + " |"
     lines = [f"## {title or 'E2E test set: ours and the paper (Table 3)'}", "",
@@ -140,78 +82,80 @@ def comparison_table(scores, model, method="LoRA", title=None):
     return "\n".join(lines)
 
 
-def write_comparison(scores_path, model, output_path, method="LoRA", note=None):
-    table = comparison_table(read_scores(scores_path), model, method)
+def _reference_row(rows, method, model):
+    """(trainable, scores) of the paper's row for `method` (the last one when a method has several)."""
+    reference = [row for row in rows if row[0] == method]
+    if not reference:
+        raise InputError(f"no paper row for method {method!r} of {MODEL_NAMES[model]}; "
+                         f"expected one of {', '.join(sorted({row[0] for row in rows}))}")
+    return reference[-1][1:]
+
+
+def read_generation_scores(path):
+    """{"bleu", "meteor", "ter"} as eval/GenerationEval/eval.py --json writes them (BLEU x100)."""
+    text = "".join(line for _, line in read_lines(path))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise InputError("expected the JSON object of eval/GenerationEval/eval.py --json", path)
+    scores = {}
+    for name in ("bleu", "meteor", "ter"):
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"no finite number for {name!r}; expected the output of eval/GenerationEval/eval.py "
+                             "--json", path)
+        scores[name] = float(value)
+    return scores
+
+
+def generation_table(task, subset_scores, model, method="LoRA"):
+    """Markdown for DART or WebNLG: our BLEU beside the README's rows (x100; WebNLG unseen / seen / all), our
+    position against the `method` row, then our METEOR and TER (the README gives BLEU only).
+
+    `subset_scores` maps each of the task's subsets to read_generation_scores() output."""
+    subsets = GENERATION_SUBSETS[task]
+    missing = [subset for subset in subsets if subset not in subset_scores]
+    if missing:
+        raise InputError(f"{task}: no scores for the {', '.join(missing)} test subset(s)")
+    method = "Fine-Tune" if method == "FT" else method
+    rows = generation_rows(task, model)
+    ref_trainable, ref_scores = _reference_row(rows, method, model)
+    ours = {subset: subset_scores[subset]["bleu"] for subset in subsets}
+    names = {"all": "A", "seen": "S", "unseen": "U"}
+    title = "DART test set" if task == "dart" else "WebNLG 2017 test set, unseen (U) / seen (S) / all (A) categories"
+    lines = [f"## {title}: ours and the paper (BLEU, the repository README's table)", "",
+             "| | method | trainable | " + " | ".join(f"BLEU {names[s]}" if len(subsets) > 1 else "BLEU"
+                                                      for s in subsets) + " |",
+             "|" + "---|" * (len(subsets) + 3),
+             "| **ours** | | | " + " | ".join(f"**{ours[s]:.2f}**" for s in subsets) + " |"]
+    for row_method, trainable, paper in rows:
+        mark = " (ref.)" if (row_method, trainable) == (method, ref_trainable) else ""
+        lines.append(f"| paper {MODEL_NAMES[model]} | {row_method}{mark} | {trainable} | "
+                     + " | ".join(str(paper[s]) for s in subsets) + " |")
+    lines.append(f"| ours vs paper {method} | | | "
+                 + " | ".join(f"{ref_scores[s].mark(ours[s])} ({ours[s] - ref_scores[s].value:+.2f})"
+                              for s in subsets) + " |")
+    lines += ["", "Ours, every score of eval/GenerationEval/eval.py (BLEU x100; METEOR and TER as fractions; "
+              "lower TER is better):", "", "| test subset | BLEU | METEOR | TER |", "|---|---|---|---|"]
+    lines += [f"| {subset} | {subset_scores[subset]['bleu']:.2f} | {subset_scores[subset]['meteor']:.4f} | "
+              f"{subset_scores[subset]['ter']:.4f} |" for subset in subsets]
+    lines += ["", f"'inside' means within the paper's ± interval (or the rounding of a number printed without one) "
+              f"of the {MODEL_NAMES[model]} {method} row; the bracket holds ours minus the paper's value.", ""]
+    return "\n".join(lines)
+
+
+def write_comparison(scores_paths, model, output_path, method="LoRA", note=None, task="e2e"):
+    """Write results.md. `scores_paths`: E2E, one measure_scores.py output; DART and WebNLG, {subset: path of an
+    eval.py --json output}."""
+    if task == "e2e":
+        table = comparison_table(read_scores(scores_paths), model, method)
+    else:
+        table = generation_table(task, {subset: read_generation_scores(path) for subset, path in scores_paths.items()},
+                                 model, method)
     if note:
         table += "\n" + note.strip() + "\n"
     with atomic_output(output_path) as handle:
         handle.write(table)
     return table
-
-
-def read_loss_history(metrics_path):
-    """(train_steps, train_losses, valid_steps, valid_losses) from gpt2_ft.py's metrics.jsonl. An evaluation
-    line without a step belongs to the training step logged just before it."""
-    train_steps, train_losses, valid_steps, valid_losses = [], [], [], []
-    last_step = 0
-    for number, obj in read_jsonl(metrics_path):
-        if "valid_loss" in obj:
-            step = obj.get("step", last_step)
-            valid_steps.append(_number(step, "step", metrics_path, number))
-            valid_losses.append(_number(obj["valid_loss"], "valid_loss", metrics_path, number))
-        elif "loss" in obj and "step" in obj:
-            last_step = _number(obj["step"], "step", metrics_path, number)
-            train_steps.append(last_step)
-            train_losses.append(_number(obj["loss"], "loss", metrics_path, number))
-    if not train_steps and not valid_steps:
-        raise InputError("no training step ({step, loss}) and no evaluation ({valid_loss}) in the file; "
-                         "expected gpt2_ft.py's metrics.jsonl", metrics_path)
-    return train_steps, train_losses, valid_steps, valid_losses
-
-
-def _number(value, key, path, line):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{key} is not a number: {value!r}", path, line)
-    return value
-
-
-def moving_average(values, window):
-    """Mean of the last `window` values at each position (fewer at the start)."""
-    out, total = [], 0.0
-    for index, value in enumerate(values):
-        total += value
-        if index >= window:
-            total -= values[index - window]
-        out.append(total / min(index + 1, window))
-    return out
-
-
-def plot_losses(metrics_path, output_path, title=None):
-    """A PNG of the training loss (raw and smoothed) and the validation loss over steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    train_steps, train_losses, valid_steps, valid_losses = read_loss_history(metrics_path)
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if train_steps:
-        window = max(1, len(train_losses) // 50)
-        axes.plot(train_steps, train_losses, color="tab:blue", alpha=0.25, linewidth=0.8,
-                  label="training loss (label-smoothed)")
-        if window > 1:
-            axes.plot(train_steps, moving_average(train_losses, window), color="tab:blue", linewidth=1.5,
-                      label=f"training loss, mean of {window} steps")
-    if valid_steps:
-        axes.plot(valid_steps, valid_losses, color="tab:orange", marker="o", linewidth=1.5,
-                  label="validation loss")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title(title or "training and validation loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    with atomic_output(output_path, "wb") as handle:
-        handle.write(buffer.getvalue())
