@@ -17,11 +17,12 @@
 # downloaded from examples/NLG/data/ of the microsoft/LoRA repository on GitHub ($LORANLG_DATA_URL replaces
 # https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG). Copied or downloaded E2E files must have
 # the published line counts (train 42,061, valid 4,672, test 4,693); E2E_TRAIN_SHA256 / E2E_VALID_SHA256 /
-# E2E_TEST_SHA256 add a checksum check. A split that cannot be had is named with how to provide it; the
-# other splits are still built and the script exits non-zero. PYTHON picks the interpreter (default python3).
+# E2E_TEST_SHA256 add a checksum check. A split that cannot be had is named with how to provide it; the other
+# splits are still built and the script exits non-zero. PYTHON: the interpreter (default .venv/bin/python, else python3).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
+# The repository's .venv (scripts/setup.sh) when there is one; PYTHON overrides.
+PY=${PYTHON:-$(if [ -x "$REPO/.venv/bin/python" ]; then echo "$REPO/.venv/bin/python"; else echo python3; fi)}
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 DATA_URL=${LORANLG_DATA_URL:-https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG}
 DATASETS=e2e

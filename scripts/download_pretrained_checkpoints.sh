@@ -7,10 +7,11 @@
 # HF_ENDPOINT) replaces https://huggingface.co, e.g. with a mirror. Interrupted downloads resume from
 # <file>.part when run again; each file is checked against its size and the hub's checksum before it gets
 # its final name. Offline, the error lists the URLs to fetch by hand and where to put them.
-# PYTHON picks the interpreter (default python3). Default: all three sizes.
+# PYTHON picks the interpreter (default .venv/bin/python, else python3). Default: all three sizes.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
+# The repository's .venv (scripts/setup.sh) when there is one; PYTHON overrides.
+PY=${PYTHON:-$(if [ -x "$REPO/.venv/bin/python" ]; then echo "$REPO/.venv/bin/python"; else echo python3; fi)}
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
   sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
   echo

@@ -21,12 +21,14 @@
 #   dart:   trained on the DART dev split but its last DEMO_CONTEXTS triple sets (default 100), scored on those;
 #           DART_SOURCE_DIR: a folder with dart-v1.1.1-full-dev.json.
 # Inputs are looked for in the SOURCE_DIR variable, then data/<task folder>, then $LORANLG_SHARED (default: the
-# shared/ folder beside the repository). Other settings: VOCAB_DIR (encoder.json + vocab.bpe or vocab.json +
+# shared/ folder beside the repository); missing, they are downloaded into data/ (a few MB; LORANLG_DATA_URL as
+# for create_datasets.sh), and the vocabulary into pretrained_checkpoints/. Other settings: VOCAB_DIR (encoder.json + vocab.bpe or vocab.json +
 # merges.txt; default pretrained_checkpoints, else $LORANLG_SHARED/vocab), DEMO_STEPS (training steps, default
 # 400), DEMO_HOLDOUT (MRs / entries kept out of training for the validation loss, default 20), DEMO_CARD (default
 # gpt2.mini; gpt2.tiny is faster and worse), WORK_DIR (default trained_models/demo/TASK).
 STAGE=run
 source "$(dirname "$0")/common.sh"
+DATA_URL=${LORANLG_DATA_URL:-https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG}
 DEMO=${DEMO:-0}
 START=$SECONDS
 
@@ -132,26 +134,50 @@ prepare_demo_data() {
     "held-out lines, $(wc -l < "$data/test_formatted.jsonl") test lines, in $data" >&2
 }
 
-# The demo's raw input: a file of the task's source folder, data/<folder> or the shared folder.
-demo_source() {
-  local shared=$1 folder
+# The demo's raw input files per task, as the LoRA repository's data folder names them.
+demo_files() {
   case "$TASK" in
-    e2e) folder=$(find_dir valid.txt "${E2E_SOURCE_DIR:-}" "$REPO_DIR/data/e2e" "${shared:+$shared/data/e2e}")
-         [ -n "$folder" ] && [ -s "$folder/test.txt" ] || die "demo: no E2E valid.txt and test.txt: set" \
-           "E2E_SOURCE_DIR to a folder holding them, or fetch them once with:" \
-           "bash scripts/create_datasets.sh --splits valid,test"
-         echo "$folder" ;;
-    webnlg) folder=$(find_dir dev.json "${WEBNLG_SOURCE_DIR:-}" "$REPO_DIR/data/webnlg_challenge_2017" \
-              "${shared:+$shared/data/webnlg_challenge_2017}")
-            [ -n "$folder" ] || die "demo: no WebNLG dev.json: set WEBNLG_SOURCE_DIR to a folder holding it, or" \
-              "fetch it once with: bash scripts/create_datasets.sh --datasets webnlg --splits valid"
-            echo "$folder/dev.json" ;;
-    dart) folder=$(find_dir dart-v1.1.1-full-dev.json "${DART_SOURCE_DIR:-}" "$REPO_DIR/data/dart" \
-            "${shared:+$shared/data/dart}")
-          [ -n "$folder" ] || die "demo: no DART dart-v1.1.1-full-dev.json: set DART_SOURCE_DIR to a folder" \
-            "holding it, or fetch it once with: bash scripts/create_datasets.sh --datasets dart --splits valid"
-          echo "$folder/dart-v1.1.1-full-dev.json" ;;
+    e2e) echo "e2e valid.txt test.txt" ;;
+    webnlg) echo "webnlg_challenge_2017 dev.json" ;;
+    dart) echo "dart dart-v1.1.1-full-dev.json" ;;
   esac
+}
+
+# The folder holding the demo's raw files: the task's SOURCE_DIR variable, data/<folder>, the shared folder; else
+# they are downloaded into data/<folder> (a few MB). Prints the folder.
+demo_source() {
+  local shared=$1 folder given name found
+  read -r folder names <<< "$(demo_files)"
+  case "$TASK" in
+    e2e) given=${E2E_SOURCE_DIR:-} ;; webnlg) given=${WEBNLG_SOURCE_DIR:-} ;; dart) given=${DART_SOURCE_DIR:-} ;;
+  esac
+  for found in "$given" "$REPO_DIR/data/$folder" "${shared:+$shared/data/$folder}"; do
+    [ -n "$found" ] || continue
+    local complete=1
+    for name in $names; do [ -s "$found/$name" ] || complete=0; done
+    if [ "$complete" = 1 ]; then echo "$found"; return; fi
+  done
+  echo "demo: no $TASK_NAME demo data in ${given:+$given, }data/$folder${shared:+ or $shared/data/$folder}: downloading it" >&2
+  for name in $names; do
+    PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m loranlg.download raw \
+      --dest "$REPO_DIR/data/$folder/$name" --url "$DATA_URL/data/$folder/$name" >&2 || true
+  done
+  echo "$REPO_DIR/data/$folder"
+}
+
+# The GPT-2 vocabulary: VOCAB_DIR, pretrained_checkpoints, the shared folder; else downloaded (1.5 MB).
+demo_vocabulary() {
+  local shared=$1
+  if [ "$VOCAB_GIVEN" != 1 ]; then
+    VOCAB_DIR=$(find_dir encoder.json "$REPO_DIR/pretrained_checkpoints" "${shared:+$shared/vocab}")
+    [ -n "$VOCAB_DIR" ] || VOCAB_DIR=$(find_dir vocab.json "$REPO_DIR/pretrained_checkpoints")
+    [ -n "$VOCAB_DIR" ] || VOCAB_DIR=$REPO_DIR/pretrained_checkpoints
+  fi
+  if ! [ -s "$VOCAB_DIR/encoder.json" ] && ! [ -s "$VOCAB_DIR/vocab.json" ]; then
+    echo "demo: no GPT-2 vocabulary in $VOCAB_DIR${shared:+ or $shared/vocab}: downloading it" >&2
+    PYTHONPATH="$REPO_DIR/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m loranlg.download vocab --dir "$VOCAB_DIR" >&2 \
+      || MISSING+=("the GPT-2 vocabulary (vocab.json + merges.txt from https://huggingface.co/openai-community/gpt2, or encoder.json + vocab.bpe) into $VOCAB_DIR")
+  fi
 }
 
 demo_run() {
@@ -162,15 +188,21 @@ demo_run() {
   case "$DEMO_STEPS$DEMO_CONTEXTS$DEMO_HOLDOUT" in *[!0-9]*) die "DEMO_* take whole numbers" ;; esac
   local shared=${LORANLG_SHARED:-}
   if [ -z "$shared" ] && [ -d "$REPO_DIR/../shared" ]; then shared=$(cd "$REPO_DIR/../shared" && pwd); fi
-  local source
+  local source folder names
+  MISSING=()
   source=$(demo_source "$shared")
-  if [ "$VOCAB_GIVEN" != 1 ]; then
-    VOCAB_DIR=$(find_dir encoder.json "$REPO_DIR/pretrained_checkpoints" "${shared:+$shared/vocab}")
-    [ -n "$VOCAB_DIR" ] || VOCAB_DIR=$(find_dir vocab.json "$REPO_DIR/pretrained_checkpoints")
+  read -r folder names <<< "$(demo_files)"
+  for name in $names; do
+    [ -s "$source/$name" ] || MISSING+=("$DATA_URL/data/$folder/$name into $REPO_DIR/data/$folder/$name")
+  done
+  demo_vocabulary "$shared"
+  if [ ${#MISSING[@]} -gt 0 ]; then
+    local list
+    list=$(printf '; %s' "${MISSING[@]}")
+    die "demo: missing inputs that could not be downloaded. Put the shared folder beside the repository (or set" \
+      "LORANLG_SHARED), or fetch by hand: ${list#; }"
   fi
-  [ -s "$VOCAB_DIR/encoder.json" ] || [ -s "$VOCAB_DIR/vocab.json" ] || die "demo: no GPT-2 vocabulary in ${VOCAB_DIR:-pretrained_checkpoints}: set VOCAB_DIR to a" \
-    "folder with encoder.json + vocab.bpe (or vocab.json + merges.txt), or fetch it once with:" \
-    "bash scripts/create_datasets.sh --splits valid,test"
+  if [ "$TASK" != e2e ]; then source=$source/$names; fi
 
   MODEL=md MODEL_CARD=${DEMO_CARD:-gpt2.mini} LORA_DIM=0 INIT_CHECKPOINT=none LAUNCHER=python NGPU=1 NNODES=1
   DATA_DIR=$WORK_DIR/data

@@ -2,11 +2,14 @@
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_script
+from conftest import REPO, run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCORE_RANGES = {"BLEU": (0, 1), "NIST": (0, 15), "METEOR": (0, 1), "ROUGE_L": (0, 1), "CIDEr": (0, 10)}
@@ -233,3 +236,63 @@ def test_one_node_torchrun_is_standalone(tmp_path):
     assert (tmp_path / "log").read_text().startswith("-m torch.distributed.run --nproc_per_node=2 --standalone "
                                                      "--nnodes=1 ")
     assert not (tmp_path / "run" / "train.done").exists()
+
+
+def fresh_clone(tmp_path):
+    """The repository's code in a folder with no shared data beside it, no data/ and no pretrained_checkpoints/."""
+    clone = tmp_path / "clone"
+    for name in ("src", "scripts", "eval"):
+        shutil.copytree(REPO / name, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return clone
+
+
+def clone_env(**extra):
+    env = {key: value for key, value in os.environ.items() if key not in ("LORANLG_SHARED", "VOCAB_DIR")}
+    env.update(PYTHON=sys.executable, **extra)
+    return env
+
+
+@slow
+def test_demo_downloads_its_small_inputs_when_online(shared_dir, tmp_path):
+    """No shared folder, no data: the vocabulary and E2E valid/test come from the servers (a local one here)."""
+    if shutil.which("java") is None:
+        pytest.skip("no java: the E2E evaluator needs a Java runtime")
+    from test_download import FileServer, hub_layout
+    clone = fresh_clone(tmp_path)
+    server = FileServer()
+    try:
+        for name in ("valid.txt", "test.txt"):
+            server.files[f"/data/e2e/{name}"] = (shared_dir / "data/e2e" / name).read_bytes()
+        hub_layout(server, {"openai-community/gpt2/vocab.json": (shared_dir / "vocab/encoder.json").read_bytes(),
+                            "openai-community/gpt2/merges.txt": (shared_dir / "vocab/vocab.bpe").read_bytes()})
+        env = clone_env(LORANLG_DATA_URL=server.url, LORANLG_HUB_URL=server.url, DEMO_CARD="gpt2.tiny",
+                        DEMO_STEPS="2", DEMO_CONTEXTS="1", DEMO_HOLDOUT="1", TRAIN_ARGS="--train_batch_size 2",
+                        BEAM_ARGS="--eval_len 8")
+        done = subprocess.run(["bash", str(clone / "scripts/run_e2e.sh"), "--demo"], capture_output=True, text=True,
+                              env=env, cwd=tmp_path)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "downloading it" in done.stderr
+    for name in ("valid.txt", "test.txt"):
+        assert (clone / "data/e2e" / name).read_bytes() == (shared_dir / "data/e2e" / name).read_bytes()
+    assert sorted(os.listdir(clone / "pretrained_checkpoints")) == ["merges.txt", "vocab.json"]
+    assert (clone / "trained_models/demo/e2e/results.md").is_file()
+    assert re.search(r"=== train\.sh: \d+ s ===", done.stderr)  # each stage says how long it took
+
+
+@pytest.mark.parametrize("task, missing", [
+    ("e2e", ["data/e2e/valid.txt into", "data/e2e/test.txt into", "the GPT-2 vocabulary"]),
+    ("webnlg", ["data/webnlg_challenge_2017/dev.json into", "the GPT-2 vocabulary"]),
+])
+def test_demo_offline_without_inputs_lists_every_missing_file(tmp_path, task, missing):
+    clone = fresh_clone(tmp_path)
+    env = clone_env(LORANLG_DATA_URL="http://127.0.0.1:9", LORANLG_HUB_URL="http://127.0.0.1:9")
+    done = subprocess.run(["bash", str(clone / f"scripts/run_{task}.sh"), "--demo"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: demo: missing inputs") and "LORANLG_SHARED" in last
+    for item in missing:
+        assert item in last, item
+    assert not (clone / "trained_models").exists()

@@ -67,6 +67,12 @@ def test_reference_groups_are_separated_by_blank_lines(tmp_path):
     assert measure_scores.read_references(refs) == [["a b", "a c"], ["d e"]]
 
 
+def test_one_group_ended_by_a_blank_line_is_one_instance(tmp_path):
+    """The decoder's file for a single MR: its references, then the blank line (not one instance a reference)."""
+    refs = write(tmp_path / "refs", "a b\na c\n\n")
+    assert measure_scores.read_references(refs) == [["a b", "a c"]]
+
+
 def test_a_file_without_blank_lines_is_one_reference_per_instance(tmp_path):
     refs = write(tmp_path / "refs", "a b\na c\nd e\n")
     assert measure_scores.read_references(refs) == [["a b"], ["a c"], ["d e"]]

@@ -44,8 +44,9 @@ def read_references(path):
 
     A file without any blank line holds one reference per instance, as the official reader assumes.
     """
-    groups, current, extra_blank = [], [], None
+    groups, current, extra_blank, saw_blank = [], [], None, False
     for number, text in read_stripped_lines(path):
+        saw_blank = saw_blank or not text
         if text:
             if extra_blank is not None:
                 raise InputError("two blank lines in a row (an empty group of references); groups of references "
@@ -63,7 +64,7 @@ def read_references(path):
         groups.append(current)
     if not groups:
         raise InputError("no references in the file (only blank lines)", path)
-    if len(groups) == 1:
+    if not saw_blank:
         groups = [[ref] for ref in groups[0]]
     return groups
 
