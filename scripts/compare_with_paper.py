@@ -17,7 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
 
 from loranlg.errors import InputError, run_cli  # noqa: E402
 from loranlg.paper_results import E2E_ROWS, GENERATION_SUBSETS  # noqa: E402
-from loranlg.report import TASKS, write_comparison  # noqa: E402
+from loranlg.report import TASKS, read_task_scores, write_comparison  # noqa: E402
 
 
 def parse_args(argv):
@@ -35,6 +35,9 @@ def parse_args(argv):
                              "default LoRA (FT: the full fine-tuning row of any task)")
     parser.add_argument("--output", required=True, help="where to write the Markdown table (e.g. WORK_DIR/results.md)")
     parser.add_argument("--note", default=None, help="a line added under the table (e.g. what was run)")
+    parser.add_argument("--plot", default=None,
+                        help="also a PNG of the same comparison (e.g. WORK_DIR/results.png): a panel a metric or "
+                             "test subset, the paper's rows as bars with their ± interval, ours beside them")
     return parser.parse_args(argv)
 
 
@@ -61,7 +64,12 @@ def main(argv=None):
         scores = args.scores[0]
     else:
         scores = scores_by_subset(args.task, args.scores)
+    scores = read_task_scores(args.task, scores)
     print(write_comparison(scores, args.model, args.output, args.method, args.note, task=args.task))
+    if args.plot:
+        from loranlg.results_plot import plot_comparison
+        plot_comparison(args.task, scores, args.model, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

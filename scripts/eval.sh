@@ -9,7 +9,7 @@
 #         writes WORK_DIR/scores_{unseen,seen,all}.json (eval/GenerationEval/eval.py -nr 6 -m bleu,meteor,ter),
 #         scores.txt and results.md (BLEU U/S/A beside the repository README's rows for MODEL).
 # dart:   the same with references_dart/ and hypothesis_dart: WORK_DIR/scores_all.json, scores.txt, results.md.
-# results.md marks our scores against COMPARE_METHOD: LoRA, or the full fine-tuning row when LORA_DIM=0. Also
+# results.md (and results.png, the same as bars) marks our scores against COMPARE_METHOD: LoRA, or the full fine-tuning row when LORA_DIM=0. Also
 # WORK_DIR/losses.png from WORK_DIR/metrics.jsonl (train.sh), when there is one. Needs Java (METEOR; the E2E PTB
 # tokenizer). Skipped when the outputs exist, unless --force. Settings shared by all stages: below.
 STAGE=eval
@@ -86,7 +86,8 @@ cat "$WORK_DIR/scores.txt"
 if ! already_done "$RESULTS" --after "${SCORE_FILES[@]}"; then
   case "$MODEL" in
     md|lg) run "$PY" "$REPO_DIR/scripts/compare_with_paper.py" --task "$TASK" "${compare_args[@]}" \
-             --model "$MODEL" --method "$COMPARE_METHOD" --output "$RESULTS" ${COMPARE_NOTE:+--note "$COMPARE_NOTE"} ;;
+             --model "$MODEL" --method "$COMPARE_METHOD" --output "$RESULTS" --plot "$WORK_DIR/results.png" \
+             ${COMPARE_NOTE:+--note "$COMPARE_NOTE"} ;;
     *) log "the paper has no row for MODEL=$MODEL: no comparison" ;;
   esac
 elif [ -s "$RESULTS" ]; then
@@ -102,3 +103,4 @@ else
   log "no $METRICS (no training in this work dir): no loss plot"
 fi
 log "done: ${SCORE_FILES[*]}, $RESULTS"
+[ ! -s "$WORK_DIR/results.png" ] || log "pictures: $WORK_DIR/results.png (ours beside the paper), $PLOT (the losses)"

@@ -230,3 +230,24 @@ def test_compare_script_for_dart_and_webnlg(tmp_path):
                         "--model", "md", "--output", tmp_path / "w.md")
     assert bad.returncode == 2 and "bad.json: no finite number for 'meteor'" in bad.stderr
     assert not (tmp_path / "w.md").exists()
+
+
+def test_results_plot_panels_hold_the_paper_rows_and_ours():
+    from loranlg.results_plot import comparison_panels
+    e2e = comparison_panels("e2e", {"BLEU": 0.69, "NIST": 8.7, "METEOR": 0.46, "ROUGE_L": 0.71, "CIDEr": 2.45}, "md")
+    assert [title for title, _ in e2e] == ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
+    bleu = e2e[0][1]
+    assert bleu[-1] == ("ours", pytest.approx(69.0), None)
+    assert bleu[-2] == ("LoRA 0.35M", 70.4, 0.1) and bleu[0] == ("FT 354.92M", 68.2, pytest.approx(0.05))
+    webnlg = comparison_panels("webnlg", {s: {"bleu": b, "meteor": 0.4, "ter": 0.4}
+                                          for s, b in (("unseen", 45.0), ("seen", 62.5), ("all", 55.0))}, "lg")
+    assert [title for title, _ in webnlg] == ["BLEU, unseen (U)", "BLEU, seen (S)", "BLEU, all (A)"]
+    assert webnlg[0][1][-2:] == [("LoRA 0.77M", 48.4, 0.3), ("ours", 45.0, None)]
+
+
+def test_compare_script_draws_the_plot(tmp_path):
+    done = run_py_script("compare_with_paper.py", "--task", "dart", "--scores",
+                         f"all={scores_file(tmp_path, 'd.json', 47.0)}", "--model", "lg",
+                         "--output", tmp_path / "r.md", "--plot", tmp_path / "r.png")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r.png").read_bytes().startswith(PNG_MAGIC)

@@ -37,7 +37,7 @@ def test_demo_writes_every_artefact(demo):
     work, _, _ = demo
     for name in ("data/train.jsonl", "data/valid.jsonl", "data/test.jsonl", "data/test_formatted.jsonl",
                  "model.4.pt", "train.done", "metrics.jsonl", "train.log", "predict.4.b10p08r4.jsonl",
-                 "beam.log", "e2e_ref.txt", "e2e_pred.txt", "scores.json", "scores.txt", "results.md",
+                 "beam.log", "e2e_ref.txt", "e2e_pred.txt", "scores.json", "scores.txt", "results.md", "results.png",
                  "losses.png"):
         assert (work / name).is_file() and (work / name).stat().st_size > 0, name
     assert (work / "train.done").read_text().strip() == "model.4.pt"

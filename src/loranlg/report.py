@@ -146,14 +146,20 @@ def generation_table(task, subset_scores, model, method="LoRA"):
     return "\n".join(lines)
 
 
-def write_comparison(scores_paths, model, output_path, method="LoRA", note=None, task="e2e"):
-    """Write results.md. `scores_paths`: E2E, one measure_scores.py output; DART and WebNLG, {subset: path of an
-    eval.py --json output}."""
+def read_task_scores(task, scores_paths):
+    """E2E: measure_scores.py's five scores from one file; DART and WebNLG: {subset: eval.py --json scores} from
+    {subset: path}."""
     if task == "e2e":
-        table = comparison_table(read_scores(scores_paths), model, method)
+        return read_scores(scores_paths)
+    return {subset: read_generation_scores(path) for subset, path in scores_paths.items()}
+
+
+def write_comparison(scores, model, output_path, method="LoRA", note=None, task="e2e"):
+    """Write results.md from read_task_scores() output; returns its text."""
+    if task == "e2e":
+        table = comparison_table(scores, model, method)
     else:
-        table = generation_table(task, {subset: read_generation_scores(path) for subset, path in scores_paths.items()},
-                                 model, method)
+        table = generation_table(task, scores, model, method)
     if note:
         table += "\n" + note.strip() + "\n"
     with atomic_output(output_path) as handle:
