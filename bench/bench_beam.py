@@ -11,15 +11,14 @@ base model as the hub's fp32 pytorch_model.bin (1.4 GB for gpt2.md) and a LoRA c
 merged into it; written once before the timed rows (the operating system's file cache then holds them, as
 it would after the download or the training run). It prints one
 table: wall seconds end to end, the beam search's own seconds and distinct contexts per second, and how many
-output lines differ from the first row's of the same precision (neither the batch size nor CUDA graphs may
-change the output; bf16 may, at near-ties between batch sizes). On a GPU the table opens with the baseline,
+output lines differ from the first row's of the same precision (the batch size may not change the output;
+bf16 may, at near-ties between batch sizes). On a GPU the table opens with the baseline,
 transformers' generate over the same contexts with the same beam settings (bench/hf_baseline.py, timed in the
 same run, without its model load), and gives each of our rows' speed-up over it (--baseline).
 """
 
 import argparse
 import importlib.util
-import itertools
 import json
 import os
 import pathlib
@@ -32,7 +31,6 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from loranlg.kv_cache import KEY_BLOCK  # noqa: E402
 
 
 def encode_e2e(test_txt, vocab, out_path):
@@ -57,7 +55,8 @@ def write_checkpoints(work_dir, card, end_at=None):
     embedding of "\n\n" (628, an EOS id of the recipe), so that hypotheses end there or soon after, as a
     trained model's do, instead of running eval_len steps."""
     import torch
-    from loranlg.checkpoint import build_model, save_lora
+    from loranlg.checkpoint import save_lora
+    from loranlg.model import build_model
 
     torch.manual_seed(0)
     model = build_model(card, lora_dim=4, lora_alpha=32)
@@ -76,26 +75,14 @@ def write_checkpoints(work_dir, card, end_at=None):
     return ["--init_checkpoint", base, "--lora_checkpoint", lora, "--lora_dim", "4", "--lora_alpha", "32"]
 
 
-def beam_command(key_block):
-    """gpt2_beam.py, or for another kv_cache.KEY_BLOCK than its own, the script run with that value set."""
-    script = str(REPO / "src" / "gpt2_beam.py")
-    if key_block == KEY_BLOCK:
-        return [sys.executable, script]
-    setup = (f"import runpy, sys; sys.path.insert(0, {str(REPO / 'src')!r}); import loranlg.kv_cache as kv; "
-             f"kv.KEY_BLOCK = {key_block}; sys.argv[0] = {script!r}; runpy.run_path({script!r}, run_name='__main__')")
-    return [sys.executable, "-c", setup]
-
-
-def run_once(data, work_dir, batch_size, precision, args, graphs=False, attention="sdpa", key_block=KEY_BLOCK):
-    output_file = f"beam_b{batch_size}_{precision}_g{int(graphs)}_{attention}_k{key_block}.jsonl"
-    cmd = beam_command(key_block) + ["--data", data, "--work_dir", work_dir,
+def run_once(data, work_dir, batch_size, precision, args):
+    output_file = f"beam_b{batch_size}_{precision}.jsonl"
+    cmd = [sys.executable, str(REPO / "src" / "gpt2_beam.py"), "--data", data, "--work_dir", work_dir,
            "--output_file", output_file, "--model_card", args.model_card,
            "--batch_size", str(batch_size), "--precision", precision, "--beam", str(args.beam),
            "--eval_len", str(args.eval_len), "--seq_len", "512", "--length_penalty", "0.8",
            "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eos_token_id", "628"]
     cmd += args.weight_args
-    cmd += ["--cuda_graph"] if graphs else []
-    cmd += ["--attention", attention]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -129,11 +116,6 @@ def main():
     parser.add_argument("--batch_sizes", default="32,128",
                         help="comma-separated distinct contexts per batch (128 in fp32 needs about 55 GB)")
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: fp32, bf16, fp16")
-    parser.add_argument("--graphs", default="off", help="comma-separated: off (eager steps), on (--cuda_graph)")
-    parser.add_argument("--key_blocks", default=str(KEY_BLOCK),
-                        help=f"comma-separated key slots a decode step's width grows by (kv_cache.KEY_BLOCK, "
-                             f"{KEY_BLOCK} in gpt2_beam.py): larger, fewer widths and CUDA graphs, more masked keys")
-    parser.add_argument("--attention", default="sdpa", help="comma-separated: sdpa, triton (gpt2_beam.py --attention)")
     parser.add_argument("--weights", default="file", choices=("file", "random"),
                         help="file: load base + LoRA checkpoints written before the timed rows (default); random: "
                              "gpt2_beam.py's seeded random weights, no file read")
@@ -174,13 +156,8 @@ def main():
         rows = []
         for precision in args.precisions.split(","):
             for batch_size in map(int, args.batch_sizes.split(",")):
-                for graphs, attention, key_block in itertools.product(
-                        args.graphs.split(","), args.attention.split(","), map(int, args.key_blocks.split(","))):
-                    result = run_once(data, work_dir, batch_size, precision, args, graphs == "on", attention,
-                                      key_block)
-                    rows.append((precision, batch_size, graphs, attention, key_block, result))
-                    print(f"done: {precision} batch {batch_size} graphs {graphs} attention {attention} key block "
-                          f"{key_block}", file=sys.stderr)
+                rows.append((precision, batch_size, run_once(data, work_dir, batch_size, precision, args)))
+                print(f"done: {precision} batch {batch_size}", file=sys.stderr)
 
     first = {}
     weights = "random weights read from a .bin + LoRA file" if args.weights == "file" else "random weights (no file)"
@@ -188,17 +165,17 @@ def main():
         weights += f", hypotheses ending from position {args.end_at} on"
     print(f"\n{args.model_card}, {weights}, beam {args.beam}, eval_len {args.eval_len}, "
           f"{rows[0][-1]['lines']} lines / {rows[0][-1]['contexts']} distinct contexts; {device}\n")
-    print("| implementation | precision | --batch_size | CUDA graphs | attention | key block | end to end (s) | "
+    print("| implementation | precision | --batch_size | end to end (s) | "
           "beam search (s) | contexts/s | vs baseline (beam search alone) | lines differing |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for precision, b in baseline.items():
-        print(f"| transformers generate (bench/hf_baseline.py) | {precision} | 16 | | | | (not counted) | "
+        print(f"| transformers generate (bench/hf_baseline.py) | {precision} | 16 | (not counted) | "
               f"{b['seconds']:.1f} | {b['contexts_per_s']:.1f} | 1.0x | |")
-    for precision, batch_size, graphs, attention, key_block, r in rows:
+    for precision, batch_size, r in rows:
         reference = first.setdefault(precision, r["predictions"])
         differing = sum(a != b for a, b in zip(reference, r["predictions"]))
         ratio = f"{baseline[precision]['seconds'] / r['beam']:.1f}x" if precision in baseline else ""
-        print(f"| ours (gpt2_beam.py) | {precision} | {batch_size} | {graphs} | {attention} | {key_block} | "
+        print(f"| ours (gpt2_beam.py) | {precision} | {batch_size} | "
               f"{r['wall']:.1f} | {r['beam']:.1f} | {r['contexts'] / r['beam']:.1f} | {ratio} | {differing} |")
 
 

@@ -14,6 +14,7 @@ in the same run), and gives each of our rows' speed-up over it (--baseline).
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -36,9 +37,8 @@ from loranlg.encode import encode_pairs  # noqa: E402
 from loranlg.formats import e2e_examples  # noqa: E402
 from loranlg.graphed_step import GraphedTrainStep  # noqa: E402
 from loranlg.tokenizer import GPT2BPE  # noqa: E402
-from loranlg import packed_attention  # noqa: E402
-from loranlg import train as train_module  # noqa: E402
 from loranlg.train import load_datasets, train  # noqa: E402
+from loranlg.train_step import SpeedOptions  # noqa: E402
 
 
 def encode_e2e_valid(shared, out_path):
@@ -53,11 +53,12 @@ def encode_e2e_valid(shared, out_path):
 
 
 LOG_EVERY = 20  # steps per metrics record (and host sync); --warmup and --steps are multiples of it
-MODES = {"eager": ["--no_cuda_graph", "--compile", "off"], "graph": ["--compile", "off"],
-         "graph+compile": ["--compile", "auto"],  # gpt2_ft.py's default: blocks, loss and optimizer compiled
-         # what the default leaves out, measured against it: the update uncompiled and no combo kernels (the
-         # default before the seventh session); packed_attention.KERNEL = "varlen"
-         "graph+compile-optimizer-combo": ["--compile", "auto"], "graph+compile+varlen": ["--compile", "auto"]}
+# mode -> SpeedOptions (the layout is its own axis, --layouts)
+MODES = {"eager": SpeedOptions(cuda_graphs=False, compile="off"), "graph": SpeedOptions(compile="off"),
+         "graph+compile": SpeedOptions(),  # gpt2_ft.py's default: blocks, loss and optimizer compiled
+         # what the default adds, measured against it: the update uncompiled and no combo kernels (the default
+         # before the seventh session)
+         "graph+compile-optimizer-combo": SpeedOptions(compile_optimizer=False, inductor_options={})}
 
 
 class StepHook:
@@ -104,20 +105,14 @@ class ReplayTimes(StepHook):
                 "warmup_peak": self.warmup_peak}
 
 
-def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph"):
+def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph", layout="packed"):
     argv = ["--train_data", data, "--valid_data", small_valid, "--model_card", card, "--lora_dim", "4",
             "--lora_alpha", "32", "--lora_dropout", "0.1", "--label_smooth", "0.1", "--train_batch_size", str(batch),
             "--lr", "2e-4", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
             "--warmup_step", "500", "--random_seed", "110", "--precision", precision,
             "--max_step", str(warmup + steps), "--log_interval", str(LOG_EVERY), "--eval_interval", "1000000",
             "--save_interval", "1000000", "--work_dir", work_dir]
-    argv += MODES[mode]
-    train_module.COMPILE_OPTIMIZER = "-optimizer" not in mode
-    train_module.COMPILE_OPTIONS["combo_kernels"] = "-combo" not in mode
-    attention = "varlen" if "+varlen" in mode else "gather"
-    if packed_attention.set_kernel(attention) != attention:
-        print("note: no variable-length attention kernel here (PyTorch 2.10+ and an sm80+ GPU): the gathered "
-              "attention runs instead", file=sys.stderr)
+    speed = dataclasses.replace(MODES[mode], graph_layout=layout)
     if ctx.device.type == "cpu":
         argv += ["--device", "cpu"]
     args = build_parser().parse_args(argv)
@@ -133,7 +128,8 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
     timer = ReplayTimes(warmup) if ctx.device.type == "cuda" and mode != "eager" else contextlib.nullcontext()
     start = time.perf_counter()
     with timer:
-        summary = train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, log=quiet)
+        summary = train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, speed=speed,
+                        log=quiet)
     wall = time.perf_counter() - start
     replays = timer.summary() if isinstance(timer, ReplayTimes) else {}
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else float("nan")
@@ -201,10 +197,9 @@ def main():
             torch.distributed.broadcast_object_list(paths, src=0)  # every rank reads rank 0's files
             data, small_valid = paths
         for mode, layout, precision in combinations:
-            train_module.GRAPH_LAYOUT = layout
             work = os.path.join(tmp, f"run-{mode}-{layout}-{precision}")
             result = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
-                             opts.warmup, opts.steps, mode)
+                             opts.warmup, opts.steps, mode, layout)
             rows.append((mode, layout, precision, result))
     if ctx.is_main and opts.json:
         for row in rows:

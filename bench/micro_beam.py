@@ -1,8 +1,8 @@
 """Microbenchmarks of one beam-search step's two largest parts at batch 128, beam 10, GPT-2 medium shapes:
 
 1. attention of one layer over the beam cache (10 queries per context, an additive key mask) for the SDPA
-   backends, a plain matmul-softmax-matmul and decode_attention.py's Triton kernel (at batch 128 and, where
-   the kernel splits the keys among programs, 16), against the floor of reading the keys and values once;
+   backends and a plain matmul-softmax-matmul (at batch 128 and 16), against the floor of reading the keys
+   and values once;
 2. the scores: from the logits [1280, 50,304] (bf16, padded head) to each context's 10 best candidates,
    the first session's way (log-softmax of everything, top-k over 502,570 candidates a context) against
    beam.top_log_probs (softmax once, each beam's 10 best logits, one torch.topk a row).
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
-from loranlg import beam, decode_attention  # noqa: E402
+from loranlg import beam  # noqa: E402
 
 CONTEXTS, HEADS, BEAMS, HEAD_DIM, VOCAB, PADDED_VOCAB = 128, 16, 10, 64, 50257, 50304
 BANDWIDTH = 3.0e12  # bytes/s, this H100's copy bandwidth (BENCHMARKS.md)
@@ -46,9 +46,8 @@ def attention_table(contexts):
     slots = 704
     kv = torch.randn(contexts, 2, HEADS, slots, HEAD_DIM, device="cuda", dtype=torch.bfloat16)  # one layer
     print(f"{contexts} contexts")
-    print("| keys | efficient (sdpa) | cuDNN | math | matmul, softmax, matmul | Triton (--attention triton) | "
-          "its largest error / efficient's (vs fp64) | floor (K, V read once) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| keys | efficient (sdpa) | cuDNN | math | matmul, softmax, matmul | floor (K, V read once) |")
+    print("|---|---|---|---|---|---|")
     for width in (128, 384, 704):
         k, v = kv[:, 0, :, :width], kv[:, 1, :, :width]
         qkv = torch.randn(contexts, BEAMS, 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
@@ -64,15 +63,6 @@ def attention_table(contexts):
             except RuntimeError as err:
                 cells.append(f"fails ({str(err)[:40]})")
         cells.append(f"{gpu_us(lambda: matmul_attention(q, k, v, mask)):.0f} us")
-        try:
-            cells.append(f"{gpu_us(lambda: decode_attention.decode_attention(q, k, v, mask)):.0f} us")
-            exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double())
-            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
-                theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            ours = decode_attention.decode_attention(q, k, v, mask)
-            cells.append(f"{(ours.double() - exact).abs().max():.2e} / {(theirs.double() - exact).abs().max():.2e}")
-        except Exception as err:  # noqa: BLE001 (a benchmark row, not a test)
-            cells += [f"fails ({type(err).__name__}: {str(err)[:60]})", ""]
         floor = 2 * contexts * HEADS * width * HEAD_DIM * 2 / BANDWIDTH * 1e6
         print(f"| {width} | " + " | ".join(cells) + f" | {floor:.0f} us |")
 

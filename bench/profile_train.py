@@ -2,8 +2,7 @@
 share, no data loading) and the CUDA kernels of a few replays, largest first.
 
     python bench/profile_train.py --data E2E_ENCODED.jsonl [--compile [--plain_optimizer]] [--precision bf16]
-                                  [--packed_attention varlen] [--sdpa flash] [--inductor NAME=VALUE]
-                                  [--eager_shapes]
+                                  [--sdpa flash] [--inductor NAME=VALUE] [--eager_shapes]
 
 The batch is 8 examples drawn at random (--seed), as the training sampler draws them: its padded length is
 a typical one (E2E averages 77 tokens padded, 84 with the graph's buckets of 16).
@@ -23,12 +22,14 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 
 import torch  # noqa: E402
 
-from loranlg import checkpoint, data, optim, packed_attention, train  # noqa: E402
-from loranlg.loss import LMObjective  # noqa: E402
+from loranlg import data  # noqa: E402
+from loranlg.distributed import DistContext  # noqa: E402
+from loranlg.model import build_model  # noqa: E402
+from loranlg.train_step import GRAPH_LAYOUTS, SpeedOptions, make_step  # noqa: E402
 
 
 def packed_layout():
-    return {k: v for k, v in train.GRAPH_LAYOUTS["packed"].items() if k != "collate_fn"}
+    return {k: v for k, v in GRAPH_LAYOUTS["packed"].items() if k != "collate_fn"}
 
 
 def main():
@@ -37,38 +38,39 @@ def main():
     parser.add_argument("--model_card", default="gpt2.md", help="model size (gpt2.md)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="(bf16)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile as gpt2_ft.py does: the blocks, the loss and (train.COMPILE_OPTIMIZER) "
-                             "the optimizer's update, with train.COMPILE_OPTIONS")
+                        help="torch.compile as gpt2_ft.py does: the blocks, the loss and the optimizer's update, "
+                             "with SpeedOptions' Inductor options")
     parser.add_argument("--plain_optimizer", action="store_true", help="with --compile, leave the update uncompiled")
     parser.add_argument("--eager_shapes", action="store_true",
                         help="also profile eager steps (no graph, no compile) and list operators by input shape")
-    parser.add_argument("--packed_attention", default="gather", choices=packed_attention.KERNELS,
-                        help="attention over the packed rows (packed_attention.KERNEL; gather)")
     parser.add_argument("--sdpa", default="default", choices=["default", "flash", "efficient", "cudnn"],
                         help="the only scaled_dot_product_attention backend allowed (default: PyTorch's choice)")
     parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
                         help="Inductor option NAME (a Python literal) for every compiled part, added to "
-                             "train.COMPILE_OPTIONS (e.g. combo_kernels=False); repeatable")
+                             "SpeedOptions' (e.g. combo_kernels=False); repeatable")
     parser.add_argument("--batch", type=int, default=8, help="examples per step (8)")
     parser.add_argument("--replays", type=int, default=100, help="timed replays (100)")
     parser.add_argument("--top", type=int, default=25, help="kernels listed (25)")
     parser.add_argument("--seed", type=int, default=0, help="which random batch (0)")
     opts = parser.parse_args()
+    inductor = dict(SpeedOptions().inductor_options)
     for setting in opts.inductor:
         name, _, value = setting.partition("=")
         try:
-            train.COMPILE_OPTIONS[name] = ast.literal_eval(value)
+            inductor[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             parser.error(f"--inductor {setting!r}: expected NAME=VALUE with a Python literal, e.g. combo_kernels=True")
-    if packed_attention.set_kernel(opts.packed_attention) != opts.packed_attention:
-        parser.error("no variable-length attention kernel here (PyTorch 2.10+ and an sm80+ GPU)")
+    speed = SpeedOptions(compile="auto" if opts.compile else "off", compile_optimizer=not opts.plain_optimizer,
+                         inductor_options=inductor)
+    if not torch.cuda.is_available():
+        parser.error("profile_train.py needs a CUDA GPU (it profiles CUDA-graph steps)")
 
     if opts.sdpa != "default":
         torch.backends.cuda.enable_cudnn_sdp(opts.sdpa == "cudnn")
         torch.backends.cuda.enable_flash_sdp(opts.sdpa == "flash")
         torch.backends.cuda.enable_mem_efficient_sdp(opts.sdpa == "efficient")
     torch.manual_seed(0)
-    model = checkpoint.build_model(opts.model_card, 4, 32, 0.1).cuda()
+    model = build_model(opts.model_card, 4, 32, 0.1).cuda()
     examples = [(r["context"], r["completion"]) for r in map(json.loads, open(opts.data))]
     dataset = data.FTDataset(examples, opts.batch, 512)
     picked = random.Random(opts.seed).sample(range(len(examples)), opts.batch)
@@ -77,23 +79,20 @@ def main():
     print(f"batch {tuple(batch['input'].shape)}, {int(batch['mask'].sum())} loss positions "
           f"(padded to {len(batch['positions'])})")
     args = types.SimpleNamespace(no_decay_bias=False, lr=2e-4, adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
-                                 weight_decay=0.01, correct_bias=True, clip=0.0, label_smooth=0.1)
-    optimizer = optim.create_optimizer(model, args, capturable=True)
-    objective = LMObjective(model, opts.precision)
-    objective.store_frozen_matrices()
+                                 weight_decay=0.01, correct_bias=True, clip=0.0, label_smooth=0.1, grad_acc=1,
+                                 precision=opts.precision)
+    ctx = DistContext(device=torch.device("cuda", torch.cuda.current_device()))
+    quiet = lambda *a, **k: None  # noqa: E731
     if opts.eager_shapes:
-        profile_eager_by_shape(objective, optimizer, batch, args, opts.top)
-    if opts.compile:
-        started = time.perf_counter()
-        train.compile_objective(objective)
-    if opts.compile and train.COMPILE_OPTIMIZER and not opts.plain_optimizer:
-        optimizer.compile_update(train.compile_options())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    step = train.graphed_train_step(objective, optimizer, trainable, args)
-    step(batch)
+        eager = make_step(model, args, ctx, SpeedOptions(compile="off"), quiet)
+        profile_eager_by_shape(eager.objective, eager.optimizer, batch, args, opts.top)
+    started = time.perf_counter()
+    graphed = make_step(model, args, ctx, speed, print)
+    graphed(batch)  # compiles (with --compile) and captures
+    step = graphed.graphed  # replays alone from here on
     torch.cuda.synchronize()
     if opts.compile:
-        print(f"compile and capture: {time.perf_counter() - started:.0f} s (options {train.compile_options()})")
+        print(f"compile and capture: {time.perf_counter() - started:.0f} s (options {speed.compile_options()})")
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(opts.replays):

@@ -22,15 +22,13 @@ for item in $WHAT; do
     tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     train)
       # each table also times transformers + peft at its precision first (bench/hf_baseline.py), same data
-      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile-optimizer-combo,graph+compile+varlen --precisions bf16 --layouts packed} 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -5
+      python3 bench/bench_train.py --shared "$SHARED" ${TRAIN_ARGS:---modes graph+compile,graph+compile-optimizer-combo --precisions bf16 --layouts packed} 2>&1 | tee "$OUT/train.log" | grep '^|' | tail -5
       python3 bench/bench_train.py --shared "$SHARED" --modes graph+compile --precisions fp32 2>&1 | tee -a "$OUT/train.log" | grep '^|' | tail -2 ;;
     profile)
-      # where a graphed training step's GPU time goes, by kind of kernel, with each packed attention
+      # where a graphed training step's GPU time goes, by kind of kernel
       python3 src/format_converting_e2e.py "$SHARED/data/e2e/valid.txt" "$TMP/valid_formatted.jsonl"
       python3 src/gpt2_encode.py --vocab "$SHARED/vocab" --input "$TMP/valid_formatted.jsonl" --output "$TMP/valid.jsonl" --add_bos --add_eos
-      for attention in gather varlen; do
-        python3 bench/profile_train.py --data "$TMP/valid.jsonl" --compile --packed_attention $attention 2>&1 | tee -a "$OUT/profile.log" | grep -E '^replay|^\|'
-      done ;;
+      python3 bench/profile_train.py --data "$TMP/valid.jsonl" --compile 2>&1 | tee -a "$OUT/profile.log" | grep -E '^replay|^\|' ;;
     trace) python3 bench/trace_train.py --shared "$SHARED" 2>&1 | tee "$OUT/trace.log" | grep -E '^loop|^span|^\|' ;;
     eager)
       # eager steps need no warm-up epoch (nothing is captured or compiled)
@@ -38,9 +36,9 @@ for item in $WHAT; do
     micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep -E '^\||contexts$' ;;
     beam)
       # with transformers' generate timed first (bench/hf_baseline.py), same contexts
-      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16 --graphs off,on --attention sdpa,triton} 2>&1 | tee "$OUT/beam.log" | tail -14
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" ${BEAM_ARGS:---batch_sizes 128,256 --precisions bf16} 2>&1 | tee "$OUT/beam.log" | tail -14
       # hypotheses that end early (as a trained model's): contexts leave the batch, the cache shrinks
-      python3 bench/bench_beam.py --data "$TMP/test.jsonl" --end_at 60 --batch_sizes 128 --precisions bf16 --graphs off,on --attention sdpa,triton --key_blocks 64,128 2>&1 | tee -a "$OUT/beam.log" | tail -14 ;;
+      python3 bench/bench_beam.py --data "$TMP/test.jsonl" --end_at 60 --batch_sizes 8,128 --precisions bf16 2>&1 | tee -a "$OUT/beam.log" | tail -14 ;;
   esac
 done
 rm -rf "$TMP"

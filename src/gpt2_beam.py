@@ -1,17 +1,30 @@
-"""gpt2_beam.py: the paper's beam search over an encoded jsonl (see loranlg.beam and SPEC 6).
+"""gpt2_beam.py: the paper's beam search over an encoded jsonl (the algorithm: loranlg.beam; SPEC 6).
 
 One process:  python src/gpt2_beam.py --data data/e2e/test.jsonl --model_card gpt2.md ...
 Several GPUs: torchrun --nproc_per_node=N src/gpt2_beam.py ...   (or python -m torch.distributed.launch)
+
+The file's distinct contexts are sorted longest first, dealt out to the processes, decoded in batches of
+--batch_size, and written back in line order by the first process.
 """
 
 import argparse
+import json
 import os
+import sys
+import time
 
-from loranlg.beam import PRECISIONS, run_beam
-from loranlg.distributed import add_distributed_args
-from loranlg.errors import run_cli
-from loranlg.kv_cache import ATTENTION
-from loranlg.model import CARDS
+import torch
+
+from loranlg.beam import BeamSettings, beam_search
+from loranlg.data import token_list
+from loranlg.decoder import Decoder
+from loranlg.distributed import add_distributed_args, cleanup, gather_objects, setup_distributed
+from loranlg.errors import InputError, run_cli
+from loranlg.files import atomic_output, check_writable_dir, read_jsonl
+from loranlg.loading import load_model
+from loranlg.model import CARDS, GPT2Config
+from loranlg.precision import PRECISIONS
+from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
 
 
@@ -65,20 +78,120 @@ def build_parser():
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="weights and activations; scores and the beam arithmetic stay in float32 "
                              "(default fp32, like the original; bf16 is faster on GPUs)")
-    parser.add_argument("--cuda_graph", action="store_true",
-                        help="on a GPU, replay the model's part of each decode step as a CUDA graph (the same "
-                             "kernels with less host time). Experimental: not yet measured on a GPU, so off by "
-                             "default (BENCHMARKS.md)")
-    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTION),
-                        help="the decode steps' attention: sdpa (PyTorch's kernels) or triton (a kernel of ours "
-                             "for few queries over a long cache; bf16/fp16 on a GPU with Triton, otherwise "
-                             "sdpa is used, with a note). Experimental: not yet measured on a GPU (default sdpa)")
     add_distributed_args(parser)
     return parser
 
 
+def check_args(args, config):
+    if args.beam < 1 or args.batch_size < 1 or args.eval_len < 1:
+        raise InputError("--beam, --batch_size and --eval_len must be at least 1")
+    if args.beam > config.vocab_size:
+        raise InputError(f"--beam {args.beam} is larger than the vocabulary ({config.vocab_size})")
+    if args.seq_len - args.eval_len < 1:
+        raise InputError(f"--seq_len ({args.seq_len}) must exceed --eval_len ({args.eval_len}): contexts get "
+                         "seq_len - eval_len tokens")
+    if args.seq_len > config.n_positions:
+        raise InputError(f"--seq_len {args.seq_len} exceeds the model's {config.n_positions} positions")
+    bad = [t for t in args.eos_token_id if not 0 <= t < config.vocab_size]
+    if bad:
+        raise InputError(f"--eos_token_id {bad[0]} is outside the vocabulary (0..{config.vocab_size - 1})")
+
+
+def settings_from_args(args):
+    return BeamSettings(beam=args.beam, eval_len=args.eval_len, length_penalty=args.length_penalty,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size,
+                        repetition_penalty=args.repetition_penalty, min_length=args.min_length,
+                        eos_ids=tuple(args.eos_token_id))
+
+
+def load_decoder(args, device):
+    """The model with LoRA merged, in --precision on `device`, with the padded head."""
+    torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
+    model = load_model(args.model_card, args.lora_dim, args.lora_alpha, init_checkpoint=args.init_checkpoint,
+                       lora_checkpoint=args.lora_checkpoint, device=device, merge=True)
+    return Decoder(model.to(device, PRECISIONS[args.precision]).eval(), pad_head=True)
+
+
+def read_contexts(path, seq_len, eval_len, vocab_size):
+    """The encoded jsonl's contexts, each cut to its last seq_len - eval_len ids; (contexts, cut count)."""
+    keep = seq_len - eval_len
+    contexts, cut = [], 0
+    for number, record in read_jsonl(path, required=("context",)):
+        context = token_list(record["context"], "context", vocab_size, path, number)
+        if len(context) > keep:
+            context, cut = context[-keep:], cut + 1
+        contexts.append(tuple(context))
+    if not contexts:
+        raise InputError("no examples: the file is empty", path)
+    return contexts, cut
+
+
+def distinct_batches(contexts, batch_size, rank=0, world_size=1):
+    """This rank's batches of distinct contexts, longest first (little padding, the largest memory first)."""
+    distinct = sorted(set(contexts), key=lambda c: (-len(c), c))
+    mine = distinct[rank::world_size]
+    return [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+
+
+def decode_contexts(decoder, batches, settings, progress):
+    """{context: ids} for every context of these batches."""
+    results = {}
+    for batch in batches:
+        for context, ids in zip(batch, beam_search(decoder, list(map(list, batch)), settings)):
+            results[context] = ids
+        progress.advance(len(batch))
+    return results
+
+
+def contexts_progress(total, enabled, label):
+    """Contexts per second on stderr: redrawn in place on a terminal, a line every 10 s otherwise."""
+    def text(progress):
+        return f"{label}: {progress.done}/{progress.total} contexts, {progress.rate():.1f} contexts/s"
+
+    return Progress(total, text, enabled=enabled, every_seconds=10)
+
+
+def write_predictions(path, contexts, results):
+    with atomic_output(path) as out:
+        for index, context in enumerate(contexts):
+            out.write(json.dumps({"id": index, "predict": results[context]}) + "\n")
+
+
+def run(args):
+    ctx = setup_distributed(args)
+    try:
+        out_path = os.path.join(args.work_dir, args.output_file)
+        check_writable_dir(args.work_dir)  # on every rank: they must all fail alike, or the others would wait
+        config = GPT2Config.from_card(args.model_card)
+        check_args(args, config)
+        settings = settings_from_args(args)
+        contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, config.vocab_size)
+        if cut and ctx.is_main:
+            print(f"note: {cut} context(s) longer than seq_len - eval_len = {args.seq_len - args.eval_len} "
+                  "tokens keep only their last tokens, as in the original", file=sys.stderr)
+        decoder = load_decoder(args, ctx.device)
+        batches = distinct_batches(contexts, args.batch_size, ctx.rank, ctx.world_size)
+        label = f"beam (rank 0 of {ctx.world_size})" if ctx.distributed else "beam"
+        progress = contexts_progress(sum(map(len, batches)), ctx.is_main, label)
+        start = time.perf_counter()
+        results = decode_contexts(decoder, batches, settings, progress)
+        progress.finish()
+        gathered = gather_objects(results, ctx)
+        if ctx.is_main:
+            merged = {}
+            for part in gathered:
+                merged.update(part)
+            write_predictions(out_path, contexts, merged)
+            seconds = time.perf_counter() - start
+            print(f"beam: {len(merged)} distinct contexts ({len(contexts)} lines) in {seconds:.1f} s, "
+                  f"{len(merged) / max(seconds, 1e-9):.1f} contexts/s on {ctx.world_size} process(es); "
+                  f"wrote {out_path}", file=sys.stderr)
+    finally:
+        cleanup(ctx)
+
+
 def main(argv=None):
-    run_beam(build_parser().parse_args(argv))
+    run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,16 @@ import sys
 
 import torch
 
-from loranlg import checkpoint
+from loranlg.checkpoint import save_model
 from loranlg.distributed import add_distributed_args, cleanup, setup_distributed
 from loranlg.errors import InputError, run_cli
 from loranlg.files import check_writable_dir
-from loranlg.model import CARDS, GPT2Config
+from loranlg.loading import load_model
+from loranlg.model import CARDS, GPT2Config, describe_trainable
 from loranlg.optim import FIXED_RATE_SCHEDULES, SCHEDULES
+from loranlg.precision import PRECISIONS
 from loranlg.train import load_datasets, train
+from loranlg.train_step import SpeedOptions
 
 
 def build_parser():
@@ -46,7 +49,7 @@ def build_parser():
     run.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this; 0 = no clipping")
     run.add_argument("--label_smooth", type=float, default=0.0, help="label smoothing s of the training loss (0.0)")
     run.add_argument("--random_seed", type=int, default=10, help="seed of the weights, dropout and data order (10)")
-    run.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    run.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                      help="fp32, or bf16 / fp16 autocast with fp32 weights and an fp32 loss (fp32)")
     run.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
     run.add_argument("--log_interval", type=int, default=100, help="log line every this many steps (100)")
@@ -106,26 +109,21 @@ def check_args(args):
 
 
 def build(args, ctx, log):
+    """The model on ctx.device: random weights drawn on the CPU from --random_seed, then the checkpoints."""
     torch.manual_seed(args.random_seed)
     random.seed(args.random_seed)
-    model = checkpoint.build_model(args.model_card, args.lora_dim, args.lora_alpha, args.lora_dropout)
     if args.init_checkpoint is None:
         log(f"no --init_checkpoint: {args.model_card} starts from random weights")
     else:
         log(f"loading pretrained weights from {args.init_checkpoint}")
-    checkpoint.load_weights(model, args.init_checkpoint, args.lora_checkpoint)
-    log(checkpoint.describe_trainable(model))
+    model = load_model(args.model_card, args.lora_dim, args.lora_alpha, args.lora_dropout, args.init_checkpoint,
+                       args.lora_checkpoint)
+    log(describe_trainable(model))
     return model.to(ctx.device)
 
 
-def save_checkpoint(model, path):
-    if model.config.lora_attn_dim > 0:
-        checkpoint.save_lora(model, path)
-    else:
-        checkpoint.save_full(model, path)
-
-
-def main(argv=None, stop_after_step=None):
+def main(argv=None, stop_after_step=None, speed=None):
+    """speed: train_step.SpeedOptions (default: from --no_cuda_graph and --compile)."""
     args = build_parser().parse_args(argv)
     check_args(args)
     ctx = setup_distributed(args)
@@ -138,8 +136,8 @@ def main(argv=None, stop_after_step=None):
         log(f"rank {ctx.rank} of {ctx.world_size} on {ctx.device}; train {len(train_set.examples)} examples, "
             f"valid {len(valid_set.examples)} examples")
         model = build(args, ctx, log)
-        return train(args, ctx, model, train_set, valid_set, save_checkpoint, stop_after_step=stop_after_step,
-                     log=print)
+        return train(args, ctx, model, train_set, valid_set, save_model, speed or SpeedOptions.from_args(args),
+                     stop_after_step=stop_after_step, log=print)
     finally:
         cleanup(ctx)
 

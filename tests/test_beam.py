@@ -10,10 +10,19 @@ import pytest
 import torch
 
 from conftest import REPO, run_script, tiny_model
-from loranlg.beam import (BeamSettings, beam_search, distinct_batches, process_logits,
-                          top_log_probs)
+from gpt2_beam import distinct_batches
+from loranlg.beam import BeamSettings, process_logits, top_log_probs
+from loranlg.beam import beam_search as search_with_decoder
+from loranlg.decoder import Decoder
+from loranlg.model import build_model
 
 NEG_INF = float("-inf")
+
+
+def beam_search(model, contexts, settings, **kwargs):
+    """loranlg.beam.beam_search of a plain GPT2LMModel, or of a decoder.Decoder as given."""
+    decoder = model if isinstance(model, Decoder) else Decoder(model)
+    return search_with_decoder(decoder, contexts, settings, **kwargs)
 
 
 # ---------------------------------------------------------------- the reference
@@ -164,9 +173,9 @@ def test_padded_head_matches_reference():
     model = peaked_model(11, (5,), 1.0)
     contexts = random_contexts(11, 5)
     expected = [reference_beam(model, c, s) for c in contexts]
-    model.pad_head_for_inference()
-    assert model.lm_logits(torch.zeros(1, model.config.n_embd, dtype=torch.float64), padded=True).shape[-1] == 64
-    assert beam_search(model, contexts, s) == expected
+    decoder = Decoder(model, pad_head=True)
+    assert decoder.logits(torch.zeros(1, model.config.n_embd, dtype=torch.float64)).shape[-1] == 64
+    assert beam_search(decoder, contexts, s) == expected
 
 
 def test_ngram_ban_by_hand():
@@ -202,7 +211,6 @@ def write_jsonl(path, records):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """gpt2.tiny (the real 50,257-token vocabulary), peaked, saved as a full state dict."""
-    from loranlg.checkpoint import build_model
     torch.manual_seed(3)
     model = build_model("gpt2.tiny")
     with torch.no_grad():
@@ -262,17 +270,15 @@ def test_errors_are_clear(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "beam_prediction.jsonl").exists()
 
 
-def test_gpu_only_options_fall_back_on_the_cpu(tmp_path, tiny_checkpoint):
-    """--attention triton and --cuda_graph on the CPU: a note for the kernel, PyTorch's path, same output."""
+def test_one_process_matches_the_reference(tmp_path, tiny_checkpoint):
     checkpoint, model = tiny_checkpoint
     gen = torch.Generator().manual_seed(8)
     contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() + [50256] for n in (4, 9)]
     data = tmp_path / "test.jsonl"
     write_jsonl(data, [{"context": c} for c in contexts])
     done = run_script("gpt2_beam.py", "--data", data, "--init_checkpoint", checkpoint, "--work_dir", tmp_path,
-                      "--device", "cpu", "--attention", "triton", "--cuda_graph", *BEAM_FLAGS)
+                      "--device", "cpu", *BEAM_FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "--attention triton needs Triton, a bf16/fp16 model on a GPU" in done.stderr
     got = [json.loads(line)["predict"] for line in (tmp_path / "beam_prediction.jsonl").read_text().splitlines()]
     s = BeamSettings(beam=3, eval_len=6, length_penalty=0.8, no_repeat_ngram_size=2, eos_ids=(50256, 628))
     assert got == [reference_beam(model, c, s) for c in contexts]
@@ -280,7 +286,6 @@ def test_gpu_only_options_fall_back_on_the_cpu(tmp_path, tiny_checkpoint):
 
 def test_lora_checkpoint_is_applied(tmp_path):
     """A full checkpoint with LoRA tensors decodes like the unmerged LoRA model (the command merges it)."""
-    from loranlg.checkpoint import build_model
     torch.manual_seed(4)
     model = build_model("gpt2.tiny", lora_dim=2, lora_alpha=8).eval()
     with torch.no_grad():

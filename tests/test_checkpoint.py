@@ -10,7 +10,8 @@ from hf_oracle import hub_logits, hub_twin, randomize
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
-from loranlg.checkpoint import build_model, export_merged, load_weights, save_full, save_lora
+from loranlg.checkpoint import export_merged, load_weights, save_full, save_lora
+from loranlg.model import build_model
 from loranlg.errors import InputError
 from loranlg.lora import LoRAQKV
 

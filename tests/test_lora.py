@@ -7,10 +7,9 @@ import torch
 from conftest import tiny_config
 from hf_oracle import randomize
 
-from loranlg.checkpoint import build_model, describe_trainable
 from loranlg.lora import (LoRAQKV, count_trainable, lora_state_dict, mark_only_lora_trainable, merge_lora,
                           parse_slices, unmerge_lora)
-from loranlg.model import GPT2LMModel
+from loranlg.model import GPT2LMModel, build_model, describe_trainable
 
 D, R, ALPHA = 16, 3, 12.0
 
@@ -48,6 +47,26 @@ def test_output_equals_the_formula(slices):
     assert layer.lora_A.shape == (R * sum(slices), D) and layer.lora_B.shape == (D * sum(slices), R)
 
 
+@pytest.mark.parametrize("slices", [(True, False, True), (True, True, True), (False, True, False)])
+def test_fused_form_equals_the_formula(slices):
+    """forward's one addmm (fused) against the layer's reference path (formula), in float64 to the last
+    bits, with the same dropout mask (the same generator state), and in their gradients."""
+    layer = random_layer(slices, dropout=0.3).double().train()
+    x = torch.randn(2, 5, D, dtype=torch.float64)
+    torch.manual_seed(1)
+    fused = layer(x)
+    fused_grads = torch.autograd.grad(fused.square().sum(), [layer.lora_A, layer.lora_B])
+    torch.manual_seed(1)
+    formula = layer.formula(x)
+    formula_grads = torch.autograd.grad(formula.square().sum(), [layer.lora_A, layer.lora_B])
+    torch.testing.assert_close(fused, formula, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fused_grads, formula_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer.formula(x), by_hand(layer, x), rtol=1e-12, atol=1e-12)
+
+
 def test_default_layout_matches_the_spec():
     layer = LoRAQKV(D, R, ALPHA)
     assert layer.slices == (True, False, True)
@@ -67,7 +86,7 @@ def test_init_is_kaiming_uniform_with_a_sqrt5():
 def test_b_zero_gives_the_base_model_exactly():
     torch.manual_seed(0)
     base = randomize(GPT2LMModel(tiny_config()).eval())
-    adapted = GPT2LMModel(tiny_config(lora_attn_dim=4, lora_attn_alpha=32)).eval()
+    adapted = GPT2LMModel(tiny_config(lora_dim=4, lora_alpha=32)).eval()
     missing = adapted.load_state_dict(base.state_dict(), strict=False).missing_keys
     assert missing and all("lora_" in k for k in missing)
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
@@ -77,7 +96,7 @@ def test_b_zero_gives_the_base_model_exactly():
 
 def test_merged_equals_unmerged_and_unmerge_restores_the_weights():
     torch.manual_seed(0)
-    model = randomize(GPT2LMModel(tiny_config(lora_attn_dim=4, lora_attn_alpha=32)).eval(), scale=0.2)
+    model = randomize(GPT2LMModel(tiny_config(lora_dim=4, lora_alpha=32)).eval(), scale=0.2)
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():

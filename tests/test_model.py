@@ -1,12 +1,16 @@
 """Our GPT-2 against transformers' GPT2LMHeadModel holding the same weights: full passes, padded batches,
-prefill + decode with the key/value cache, and beam reordering of the cache."""
+prefill + decode with the key/value cache (decoder.py), and beam reordering of the cache; and the fast paths
+(a packed batch, the cache) against the reference forward, model(ids)."""
 
 import pytest
 import torch
 from conftest import tiny_config
 from hf_oracle import hub_logits, hub_twin, randomize
 
+from loranlg import data
+from loranlg.decoder import Decoder
 from loranlg.model import CARDS, GPT2Config, GPT2LMModel
+from loranlg.packed_attention import PackedAttention
 
 TOLERANCE = 1e-4
 
@@ -15,6 +19,11 @@ def make_pair(seed=0, **overrides):
     torch.manual_seed(seed)
     model = randomize(GPT2LMModel(tiny_config(**overrides)).eval(), seed)
     return model, hub_twin(model)
+
+
+def make_decoder_pair(seed):
+    model, twin = make_pair(seed)
+    return Decoder(model), twin
 
 
 def right_padded(sequences, pad=0):
@@ -86,43 +95,43 @@ def test_full_vocabulary_card_equals_transformers():
 
 
 def test_prefill_and_decode_equal_transformers_on_the_whole_sequence():
-    model, twin = make_pair(seed=4)
-    vocab = model.config.vocab_size
+    decoder, twin = make_decoder_pair(seed=4)
+    vocab = decoder.config.vocab_size
     contexts = random_sequences([5, 11, 2], vocab, seed=5)
     steps = random_sequences([4, 4, 4], vocab, seed=6)
     ids, lengths = right_padded(contexts, pad=7)
-    cache = model.new_cache(contexts=3, beams=1, prompt_len=ids.shape[1], steps=4)
+    cache = decoder.new_cache(contexts=3, beams=1, prompt_len=ids.shape[1], steps=4)
     with torch.no_grad():
-        logits = model.prefill(ids, lengths, cache)
+        logits = decoder.prefill(ids, lengths, cache)
         for row, context in enumerate(contexts):
             assert_close(logits[row], hub_logits(twin, context)[-1])
         for step in range(4):
             tokens = torch.tensor([[s[step]] for s in steps])
-            logits = model.decode_step(tokens, cache)
+            logits = decoder.decode_step(tokens, cache)
             assert logits.shape == (3, 1, vocab)
             for row, context in enumerate(contexts):
                 assert_close(logits[row, 0], hub_logits(twin, context + steps[row][:step + 1])[-1])
         with pytest.raises(ValueError, match="all are used"):
-            model.decode_step(tokens, cache)
+            decoder.decode_step(tokens, cache)
 
 
 def test_beams_that_reorder_see_only_their_own_history():
     """Beams swap and duplicate as the search keeps its best; each beam's logits stay those of its own
     context + generated tokens, though no key moves in the cache."""
-    model, twin = make_pair(seed=7)
-    vocab = model.config.vocab_size
+    decoder, twin = make_decoder_pair(seed=7)
+    vocab = decoder.config.vocab_size
     contexts = random_sequences([6, 3], vocab, seed=8)
     ids, lengths = right_padded(contexts)
-    cache = model.new_cache(contexts=2, beams=3, prompt_len=ids.shape[1], steps=4)
+    cache = decoder.new_cache(contexts=2, beams=3, prompt_len=ids.shape[1], steps=4)
     history = [[list(c) for _ in range(3)] for c in contexts]
     generator = torch.Generator().manual_seed(9)
     parents = [torch.tensor([[2, 0, 0], [2, 0, 1]]), torch.tensor([[1, 1, 2], [0, 0, 0]]),
                torch.tensor([[0, 2, 1], [2, 1, 0]])]
     with torch.no_grad():
-        model.prefill(ids, lengths, cache)
+        decoder.prefill(ids, lengths, cache)
         for step in range(4):
             tokens = torch.randint(0, vocab, (2, 3), generator=generator)
-            logits = model.decode_step(tokens, cache)
+            logits = decoder.decode_step(tokens, cache)
             for n in range(2):
                 for b in range(3):
                     history[n][b].append(int(tokens[n, b]))
@@ -133,23 +142,23 @@ def test_beams_that_reorder_see_only_their_own_history():
 
 
 def test_dropping_a_context_keeps_the_others_beams():
-    model, twin = make_pair(seed=15)
-    vocab = model.config.vocab_size
+    decoder, twin = make_decoder_pair(seed=15)
+    vocab = decoder.config.vocab_size
     contexts = random_sequences([4, 7, 2], vocab, seed=16)
     ids, lengths = right_padded(contexts)
-    cache = model.new_cache(contexts=3, beams=2, prompt_len=ids.shape[1], steps=3)
+    cache = decoder.new_cache(contexts=3, beams=2, prompt_len=ids.shape[1], steps=3)
     history = [[list(c), list(c)] for c in contexts]
     with torch.no_grad():
-        model.prefill(ids, lengths, cache)
+        decoder.prefill(ids, lengths, cache)
         for step, tokens in enumerate([[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 10], [11, 12]]]):
-            model.decode_step(torch.tensor(tokens), cache)
+            decoder.decode_step(torch.tensor(tokens), cache)
             for n in range(3):
                 for b in range(2):
                     history[n][b].append(tokens[n][b])
             cache.reorder_beams(torch.tensor([[1, 1], [0, 1], [1, 0]]))
             history = [[list(history[n][p]) for p in parents] for n, parents in enumerate([[1, 1], [0, 1], [1, 0]])]
         cache.keep(torch.tensor([2, 0]))
-        logits = model.decode_step(torch.tensor([[13, 14], [15, 16]]), cache)
+        logits = decoder.decode_step(torch.tensor([[13, 14], [15, 16]]), cache)
         for row, n in enumerate([2, 0]):
             for b in range(2):
                 expected = hub_logits(twin, history[n][b] + [[13, 14], [15, 16]][row][b:b + 1])[-1]
@@ -157,38 +166,38 @@ def test_dropping_a_context_keeps_the_others_beams():
 
 
 def test_prefill_of_a_padded_batch_equals_each_context_alone():
-    model, _ = make_pair(seed=10)
-    contexts = random_sequences([8, 1, 5], model.config.vocab_size, seed=11)
+    decoder, _ = make_decoder_pair(seed=10)
+    contexts = random_sequences([8, 1, 5], decoder.config.vocab_size, seed=11)
     ids, lengths = right_padded(contexts, pad=3)
     with torch.no_grad():
-        batch_cache = model.new_cache(3, 1, ids.shape[1], 2)
-        batched = model.prefill(ids, lengths, batch_cache)
-        step = model.decode_step(torch.tensor([[1], [2], [3]]), batch_cache)
+        batch_cache = decoder.new_cache(3, 1, ids.shape[1], 2)
+        batched = decoder.prefill(ids, lengths, batch_cache)
+        step = decoder.decode_step(torch.tensor([[1], [2], [3]]), batch_cache)
         for row, context in enumerate(contexts):
-            cache = model.new_cache(1, 1, len(context), 2)
-            alone = model.prefill(torch.tensor([context]), torch.tensor([len(context)]), cache)
+            cache = decoder.new_cache(1, 1, len(context), 2)
+            alone = decoder.prefill(torch.tensor([context]), torch.tensor([len(context)]), cache)
             assert_close(batched[row], alone[0])
-            assert_close(step[row], model.decode_step(torch.tensor([[row + 1]]), cache)[0])
+            assert_close(step[row], decoder.decode_step(torch.tensor([[row + 1]]), cache)[0])
 
 
 def test_decode_under_a_lower_precision_cache():
     """Generation under autocast or a bf16 cache must not trip on dtypes; results stay near fp32's."""
-    model, _ = make_pair(seed=12)
-    contexts = random_sequences([4, 6], model.config.vocab_size, seed=13)
+    decoder, _ = make_decoder_pair(seed=12)
+    contexts = random_sequences([4, 6], decoder.config.vocab_size, seed=13)
     ids, lengths = right_padded(contexts)
     with torch.no_grad():
-        exact_cache = model.new_cache(2, 2, ids.shape[1], 1)
-        model.prefill(ids, lengths, exact_cache)
-        exact = model.decode_step(torch.tensor([[1, 2], [3, 4]]), exact_cache)
-        low_cache = model.new_cache(2, 2, ids.shape[1], 1, dtype=torch.bfloat16)
-        model.prefill(ids, lengths, low_cache)
-        low = model.decode_step(torch.tensor([[1, 2], [3, 4]]), low_cache)
+        exact_cache = decoder.new_cache(2, 2, ids.shape[1], 1)
+        decoder.prefill(ids, lengths, exact_cache)
+        exact = decoder.decode_step(torch.tensor([[1, 2], [3, 4]]), exact_cache)
+        low_cache = decoder.new_cache(2, 2, ids.shape[1], 1, dtype=torch.bfloat16)
+        decoder.prefill(ids, lengths, low_cache)
+        low = decoder.decode_step(torch.tensor([[1, 2], [3, 4]]), low_cache)
     assert low.dtype == torch.float32
     assert (low - exact).abs().max() < 0.1 * exact.abs().max()
 
 
 def test_no_dropout_outside_lora():
-    model, _ = make_pair(seed=14, lora_attn_dim=4, lora_dropout=0.0)
+    model, _ = make_pair(seed=14, lora_dim=4, lora_dropout=0.0)
     model.train()
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
@@ -200,8 +209,59 @@ def test_padded_inference_head_gives_the_same_logits():
     model = tiny_model(vocab_size=97)
     ids = torch.randint(0, 97, (3, 9))
     expected = model(ids)
-    model.pad_head_for_inference()
-    assert model.inference_head.shape[0] % 64 == 0 and model.inference_head.shape[0] >= 97
-    got = model(ids)
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    decoder = Decoder(model, pad_head=True)
+    assert decoder.head.shape[0] % 64 == 0 and decoder.head.shape[0] >= 97
+    got = decoder.logits(model.hidden_states(ids))
+    assert got.shape[-1] == decoder.head.shape[0] and (got[..., 97:] == float("-inf")).all()
+    torch.testing.assert_close(got[..., :97], expected, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the fast paths against the reference
+
+def test_packed_batch_equals_the_reference_forward():
+    """The training step's layout (examples end to end in one row, attention through PackedAttention) gives
+    each example the hidden states of the reference forward over the right-padded batch, in its gradients
+    too."""
+    model, _ = make_pair(seed=20, lora_dim=2, lora_alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    sequences = random_sequences([7, 12, 3, 9], model.config.vocab_size, seed=21)
+    items = [(seq + [0], 1) for seq in sequences]  # token ids (one past the input), context length
+    padded = data.collate(items, seq_len=64, length_multiple=16)  # the width pack_index counts slots in
+    packed = data.collate_packed(items, seq_len=64, length_multiple=16, tokens_multiple=64)
+    reference = model.hidden_states(padded["input"])
+    fast = model.hidden_states(packed["input"], packed["position_ids"],
+                               PackedAttention({k: packed[k] for k in data.PACKING_KEYS}))
+    real = packed["pack_valid"].bool()
+    torch.testing.assert_close(fast[0, real], reference.reshape(-1, reference.shape[-1])[packed["pack_index"][real]],
+                               rtol=1e-5, atol=1e-5)
+    assert not real.all()  # the row's padding was there, and is left out
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.randn(reference.shape[-1])
+    reference_real = reference.reshape(-1, reference.shape[-1])[packed["pack_index"][real]]
+    reference_grads = torch.autograd.grad((reference_real @ weights).sum(), params)
+    fast_grads = torch.autograd.grad((fast[0, real] @ weights).sum(), params)
+    for a, b in zip(reference_grads, fast_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_equals_the_reference_forward():
+    """prefill + decode_step through the key/value cache give the reference forward's last-position logits
+    of each context + its tokens so far."""
+    model, _ = make_pair(seed=22)
+    decoder = Decoder(model)
+    contexts = random_sequences([5, 9, 2], model.config.vocab_size, seed=23)
+    ids, lengths = right_padded(contexts)
+    cache = decoder.new_cache(contexts=3, beams=1, prompt_len=ids.shape[1], steps=3)
+    with torch.no_grad():
+        logits = decoder.prefill(ids, lengths, cache)
+        for step in range(4):
+            for row, context in enumerate(contexts):
+                assert_close(logits[row].reshape(-1), model(torch.tensor([context]))[0, -1])
+            if step == 3:
+                break
+            tokens = torch.tensor([[step + 3 * row] for row in range(3)])
+            contexts = [c + [int(t)] for c, t in zip(contexts, tokens[:, 0])]
+            logits = decoder.decode_step(tokens, cache)

@@ -10,9 +10,10 @@ import torch
 
 from conftest import tiny_config
 from gpt2_ft import build_parser, check_args
-from test_packed_attention import reference_varlen_attn
-from loranlg import checkpoint, data, loss, optim, packed_attention, train
+from loranlg import checkpoint, data, loss, optim, train
 from loranlg.distributed import DistContext
+from loranlg.model import build_model
+from loranlg.train_step import SpeedOptions
 
 
 def write_jsonl(path, examples):
@@ -114,12 +115,11 @@ def test_collate_packed_puts_examples_end_to_end():
     assert batch["weights"].tolist() == [1, 1, 1, 1, 0, 0]
     assert batch["pad_index"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 0], [6, 7, 8, 0, 0, 0, 0, 0]]
     assert batch["pack_index"].tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 0, 0, 0]
-    assert batch["cu_seqlens"].tolist() == [0, 6, 9, 12] and batch["cu_seqlens"].dtype == torch.int32
 
 
-def test_padding_to_longest_equals_padding_to_seq_len(monkeypatch):
+def test_padding_to_longest_equals_padding_to_seq_len():
     torch.manual_seed(0)
-    model = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
+    model = build_model(tiny_config(), lora_dim=2, lora_alpha=8)
     with torch.no_grad():
         for layer in model.modules():
             if hasattr(layer, "lora_B"):
@@ -130,16 +130,11 @@ def test_padding_to_longest_equals_padding_to_seq_len(monkeypatch):
     ds = data.FTDataset(items, batch_size=5, seq_len=40)
     results = []
     # to the longest; to seq_len; to multiples of 16 tokens and 64 loss positions; packed into one row and
-    # padded to 64 tokens, as the CUDA-graph step lays batches out, its attention through gathered padded rows
-    # or through the variable-length kernel (on the CPU the reference above stands in for it)
+    # padded to 64 tokens, as the CUDA-graph step lays batches out
     packed = {"length_multiple": 16, "tokens_multiple": 64, "positions_multiple": 64}
-    monkeypatch.setattr(packed_attention, "VARLEN_ATTN", reference_varlen_attn)
-    monkeypatch.setattr(packed_attention, "CAUSAL", {"window_size": (-1, 0)})
-    monkeypatch.setattr(packed_attention, "varlen_usable", lambda qkv, n_head: True)
-    for collate, padding, kernel in ((data.collate, {}, None), (data.collate, {"pad_to": 40}, None),
-                                     (data.collate, {"length_multiple": 16, "positions_multiple": 64}, None),
-                                     (data.collate_packed, packed, "gather"), (data.collate_packed, packed, "varlen")):
-        monkeypatch.setattr(packed_attention, "KERNEL", kernel or "gather")
+    for collate, padding in ((data.collate, {}), (data.collate, {"pad_to": 40}),
+                             (data.collate, {"length_multiple": 16, "positions_multiple": 64}),
+                             (data.collate_packed, packed)):
         batch = collate([ds[i] for i in range(5)], seq_len=40, **padding)
         packing = {name: batch[name] for name in data.PACKING_KEYS} if "pad_index" in batch else None
         value = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.1, packing)
@@ -147,7 +142,7 @@ def test_padding_to_longest_equals_padding_to_seq_len(monkeypatch):
         results.append((tuple(batch["input"].shape), len(batch["positions"]), value, grads))
     (short_shape, count, short_loss, short_grads), (long_shape, _, long_loss, long_grads) = results[:2]
     assert short_shape[1] < long_shape[1] == 40 and count < 64
-    assert results[2][:2] == ((5, 16), 64) and results[3][:2] == results[4][:2] == ((1, 64), 64)
+    assert results[2][:2] == ((5, 16), 64) and results[3][:2] == ((1, 64), 64)
     for length, _, value, grads in results[1:]:
         torch.testing.assert_close(short_loss, value, rtol=1e-6, atol=0)
         for a, b in zip(short_grads, grads):
@@ -227,12 +222,12 @@ def test_two_steps_equal_hand_computation(tmp_path):
         "--work_dir", str(tmp_path / "run"), "--log_interval", "1", "--lora_dim", "2", "--lora_alpha", "8"])
     check_args(args)
     torch.manual_seed(0)
-    model = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
+    model = build_model(tiny_config(), lora_dim=2, lora_alpha=8)
     with torch.no_grad():  # B = 0 would give A no gradient: start from a non-zero B
         for layer in model.modules():
             if hasattr(layer, "lora_B"):
                 layer.lora_B.normal_(std=0.5)
-    reference = checkpoint.build_model(tiny_config(), lora_dim=2, lora_alpha=8)
+    reference = build_model(tiny_config(), lora_dim=2, lora_alpha=8)
     reference.load_state_dict(model.state_dict())
     lora = {n: p for n, p in reference.named_parameters() if p.requires_grad}
 
@@ -273,15 +268,15 @@ def test_bf16_objective_with_stored_frozen_matrices_equals_plain_autocast():
     from conftest import tiny_model
     from loranlg.lora import mark_only_lora_trainable
     from loranlg.loss import LMObjective
+    from loranlg.precision import store_frozen_matrices
 
-    model = tiny_model(vocab_size=97, lora_attn_dim=2, lora_attn_alpha=4)
+    model = tiny_model(vocab_size=97, lora_dim=2, lora_alpha=4)
     mark_only_lora_trainable(model)
     ids = torch.randint(0, 97, (2, 7))
     mask = torch.zeros(2, 7)
     mask[:, 3:6] = 1
     plain = LMObjective(model, "bf16")(ids, ids.roll(-1, 1), *loss_positions(mask), 0.1)
-    stored = LMObjective(model, "bf16")
-    stored.store_frozen_matrices()
+    stored = LMObjective(model, "bf16", store_frozen_matrices(model, torch.bfloat16))
     assert stored.head_weight().shape[0] == 128 and model.transformer.h[0].mlp.c_fc.weight.dtype == torch.bfloat16
     torch.testing.assert_close(stored(ids, ids.roll(-1, 1), *loss_positions(mask), 0.1), plain, rtol=1e-5,
                                atol=1e-5)
@@ -305,7 +300,7 @@ def test_capturable_adam_equals_eager_adam():
         opt = AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, correct_bias=True,
                     capturable=capturable)
         if compiled:
-            opt.compile_update(train.compile_options())  # as gpt2_ft.py compiles it
+            opt.compile_update(SpeedOptions().compile_options())  # as gpt2_ft.py compiles it
         schedule = Schedule(opt, "linear", warmup=2, max_step=6)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
@@ -322,11 +317,11 @@ def test_capturable_adam_equals_eager_adam():
         torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_compile_options_leave_out_what_this_inductor_does_not_know(monkeypatch):
+def test_compile_options_leave_out_what_this_inductor_does_not_know():
     """An option that an older PyTorch lacks must not make torch.compile fail (and the run fall back to no
     compilation at all): it is dropped, the others are kept."""
-    monkeypatch.setattr(train, "COMPILE_OPTIONS", {"combo_kernels": True, "no_such_inductor_option": 1})
-    assert train.compile_options() == {"combo_kernels": True}
+    speed = SpeedOptions(inductor_options={"combo_kernels": True, "no_such_inductor_option": 1})
+    assert speed.compile_options() == {"combo_kernels": True}
 
 
 def test_optimizer_state_moves_between_eager_and_capturable_modes():

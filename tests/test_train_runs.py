@@ -13,6 +13,7 @@ import torch
 from conftest import REPO, encoded_e2e_sample, run_script, tiny_config
 from gpt2_ft import build_parser, check_args, main
 from loranlg import checkpoint, train
+from loranlg.model import build_model
 from loranlg.distributed import DistContext
 from loranlg.errors import InputError
 from test_train import write_jsonl
@@ -85,7 +86,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, e2e_examples):
     assert first["stopped"] and not os.path.exists(tmp_path / "parts" / "model.8.pt")
     quiet_main(common + ["--work_dir", tmp_path / "parts", "--resume"])
     whole, parts = lora_tensors(tmp_path / "whole" / "model.8.pt"), lora_tensors(tmp_path / "parts" / "model.8.pt")
-    start = checkpoint.build_model("gpt2.tiny", 4, 32)
+    start = build_model("gpt2.tiny", 4, 32)
     assert not torch.equal(whole["module.transformer.h.0.attn.c_attn.lora_B"],
                            start.transformer.h[0].attn.c_attn.lora_B)
     for key in whole:
@@ -109,7 +110,7 @@ def test_small_model_overfits_a_handful_of_e2e_examples(tmp_path, e2e_examples):
         "--eval_interval", 1000, "--save_interval", 1000, "--work_dir", tmp_path / "run"]])
     check_args(args)
     torch.manual_seed(0)
-    model = checkpoint.build_model(tiny_config(vocab_size=len(vocab)), lora_dim=0)
+    model = build_model(tiny_config(vocab_size=len(vocab)), lora_dim=0)
     train_set, valid_set, _ = train.load_datasets(args, len(vocab))
     result = train.train(args, DistContext(), model, train_set, valid_set, checkpoint.save_full,
                          log=lambda *a, **k: None)
@@ -181,7 +182,7 @@ def test_bad_data_files_are_refused_with_their_place(tmp_path):
 
 def test_other_card_checkpoint_and_unwritable_work_dir_are_refused(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [([1, 2], [3, 50256])] * 4)
-    small = checkpoint.build_model("gpt2.tiny", lora_dim=4)
+    small = build_model("gpt2.tiny", lora_dim=4)
     checkpoint.save_lora(small, tmp_path / "tiny_lora.pt")
     flags = base_flags(tmp_path, good)
     flags[flags.index("gpt2.tiny")] = "gpt2.mini"

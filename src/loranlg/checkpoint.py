@@ -1,4 +1,4 @@
-"""Building GPT-2 + LoRA and moving its weights in and out of every checkpoint format of SPEC 3-4.
+"""GPT-2 + LoRA weights in and out of every checkpoint format of SPEC 3-4.
 
 Read:  hub GPT-2 (`pytorch_model.bin` with legacy keys, `model.safetensors`), keys with or without the
        `transformer.` / `module.transformer.` prefixes, the original's `{"model_state_dict": ...}` files
@@ -7,7 +7,6 @@ Write: LoRA-only and full checkpoints in the original's layout, and a merged exp
 Anything that does not fit the model exactly is an InputError that names it; nothing is left at random.
 """
 
-import dataclasses
 import json
 import os
 import pickle
@@ -18,8 +17,8 @@ import torch
 
 from .errors import InputError
 from .files import atomic_output
-from .lora import LoRAQKV, SLICE_NAMES, lora_layers, mark_only_lora_trainable, parse_slices
-from .model import CARDS, GPT2Config, GPT2LMModel
+from .lora import LoRAQKV, SLICE_NAMES, lora_layers
+from .model import CARDS, unwrap
 
 ORIGINAL_PREFIX = "module.transformer."  # what the original's DDP-wrapped model writes
 # Buffers (the causal mask) that hub and original files may hold; they carry nothing.
@@ -29,61 +28,7 @@ LEGACY_SUFFIXES = {".g": ".weight", ".b": ".bias", ".w": ".weight"}  # very old 
 SHOWN = 6  # how many offending keys an error lists
 
 
-# ---------------------------------------------------------------- building
-
-def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv", device=None):
-    """A GPT-2 of `card` (a name in model.CARDS, or a GPT2Config) with LoRA of rank `lora_dim` on the
-    `lora_slices` of c_attn; only the LoRA tensors are trainable when lora_dim > 0 (everything when 0).
-    The lora_* arguments always set the config's LoRA fields, also when a GPT2Config is given.
-    device: where the weights are made (and randomly initialised): a GPU does it in milliseconds."""
-    if lora_dim < 0:
-        raise InputError(f"lora_dim must be 0 (full fine-tuning) or a positive rank, got {lora_dim}")
-    if not 0.0 <= lora_dropout < 1.0:
-        raise InputError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
-    if isinstance(lora_slices, str):
-        try:
-            lora_slices = parse_slices(lora_slices)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-    lora = dict(lora_attn_dim=lora_dim, lora_attn_alpha=lora_alpha, lora_dropout=lora_dropout,
-                lora_slices=tuple(lora_slices))
-    if isinstance(card, GPT2Config):
-        config = dataclasses.replace(card, **lora)
-    else:
-        try:
-            config = GPT2Config.from_card(card, **lora)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-    with torch.device(device or "cpu"):
-        model = GPT2LMModel(config)
-    mark_only_lora_trainable(model)
-    return model
-
-
-def describe_trainable(model):
-    """'trainable parameters: 393,216 (LoRA r=4 on q,v)' or '... (full fine-tuning)'."""
-    model = unwrap(model)
-    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    config = model.config
-    if config.lora_attn_dim > 0:
-        slices = ",".join(name for name, on in zip(SLICE_NAMES, config.lora_slices) if on)
-        how = f"LoRA r={config.lora_attn_dim} on {slices}"
-    else:
-        how = "full fine-tuning"
-    return f"trainable parameters: {count:,} ({how})"
-
-
-def unwrap(model):
-    """The GPT2LMModel inside DistributedDataParallel / torch.compile wrappers."""
-    while not isinstance(model, GPT2LMModel):
-        inner = getattr(model, "module", None)
-        if inner is None:
-            inner = getattr(model, "_orig_mod", None)
-        if inner is None:
-            raise TypeError(f"expected a GPT2LMModel, got {type(model).__name__}")
-        model = inner
-    return model
-
+# ---------------------------------------------------------------- naming a model's size
 
 def card_name(n_embd, n_layer):
     for name, shape in CARDS.items():
@@ -276,7 +221,7 @@ def check_lora(model, lora, want_lora, path):
         raise InputError(f"holds LoRA tensors ({listing(sorted(lora))}) but the model has no LoRA "
                          "(lora_dim 0): pass the rank they were trained with (--lora_dim)", path)
     config = model.config
-    rank = config.lora_attn_dim
+    rank = config.lora_dim
     slices = len(next(m for m in model.modules() if isinstance(m, LoRAQKV)).enabled)
     matrices = {k: v for k, v in lora.items() if v.dim() == 2}
     for key, value in matrices.items():  # the rank first: it also decides how A's rows split into slices
@@ -365,6 +310,15 @@ def save_full(model, path):
     """The whole model (LoRA unmerged) in the original's layout: {'model_state_dict': {'module.transformer.*'}}."""
     state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False).items()}
     write_torch({"model_state_dict": state}, path)
+
+
+def save_model(model, path):
+    """What gpt2_ft.py writes as model.{step}.pt: the LoRA tensors (save_lora), or with no LoRA the whole
+    model (save_full)."""
+    if unwrap(model).config.lora_dim > 0:
+        save_lora(model, path)
+    else:
+        save_full(model, path)
 
 
 def write_torch(obj, path):

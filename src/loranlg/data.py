@@ -102,7 +102,7 @@ def collate(items, seq_len, pad_to=None, length_multiple=1, positions_multiple=1
     return {"input": inputs, "target": targets, "mask": mask, **loss_positions(mask, positions_multiple)}
 
 
-PACKING_KEYS = ("position_ids", "pad_index", "pack_index", "pad_valid", "pack_valid", "cu_seqlens")
+PACKING_KEYS = ("position_ids", "pad_index", "pack_index", "pad_valid", "pack_valid")
 
 
 def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positions_multiple=1):
@@ -113,7 +113,6 @@ def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positio
                            length_multiple; 0 past an example's end): attention gathers padded rows with it
       pack_index [P]       the padded slot b * L + t of each packed row (0 on padding): and scatters back
       pad_valid [B, L], pack_valid [P]   1.0 where a slot / row holds a real token, else 0.0
-      cu_seqlens [B + 2]   int32: where each example starts in the row, where the padding starts, P
     positions / weights index the packed row, in the order collate() gives them (example by example)."""
     padded = collate(items, seq_len, length_multiple=length_multiple)
     batch, width = padded["input"].shape
@@ -133,8 +132,7 @@ def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positio
     packed = {"input": pack(padded["input"]), "target": pack(padded["target"]), "mask": pack(padded["mask"]),
               "position_ids": pack(torch.arange(width).expand(batch, -1)),
               "pad_index": pad_index.view(batch, width), "pack_index": pack_index,
-              "pad_valid": real.float(), "pack_valid": pack_valid,
-              "cu_seqlens": torch.tensor([0, *lengths.cumsum(0).tolist(), len(pack_index)], dtype=torch.int32)}
+              "pad_valid": real.float(), "pack_valid": pack_valid}
     packed.update(loss_positions(packed["mask"], positions_multiple))
     return packed
 

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 
 from .errors import InputError, run_cli
+from .progress import Progress
 
 HUB_URL_VARIABLE = "LORANLG_HUB_URL"
 DEFAULT_HUB_URL = "https://huggingface.co"
@@ -82,41 +83,15 @@ def verify_checksum(path, kind, expected):
 
 # ---------------------------------------------------------------------------------------------- progress
 
-class Progress:
-    """One line on stderr: redrawn in place on a terminal, a line every 10% otherwise."""
+def download_progress(name, total, done):
+    """A line on stderr: redrawn in place on a terminal, a line every 10% otherwise."""
+    def text(progress):
+        rate = progress.rate() / 1e6
+        size = f"{progress.done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{progress.done / 1e6:.1f} MB"
+        percent = f"{100 * progress.done / total:5.1f}% " if total else ""
+        return f"  {name}: {percent}{size} {rate:.1f} MB/s"
 
-    def __init__(self, name, total, done=0, stream=None):
-        self.name, self.total, self.done = name, total, done
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.monotonic()
-        self.started_at = done
-        self.last_draw = 0.0
-        self.last_decile = -1
-
-    def update(self, nbytes):
-        self.done += nbytes
-        now = time.monotonic()
-        if self.tty and now - self.last_draw >= 0.2:
-            self.last_draw = now
-            self.stream.write("\r" + self._line(now))
-            self.stream.flush()
-        elif not self.tty and self.total:
-            decile = int(10 * self.done / self.total)
-            if decile != self.last_decile:
-                self.last_decile = decile
-                self.stream.write(self._line(now) + "\n")
-
-    def close(self):
-        if self.tty:
-            self.stream.write("\r" + self._line(time.monotonic()) + "\n")
-            self.stream.flush()
-
-    def _line(self, now):
-        rate = (self.done - self.started_at) / max(now - self.start, 1e-6) / 1e6
-        size = f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB" if self.total else f"{self.done / 1e6:.1f} MB"
-        percent = f"{100 * self.done / self.total:5.1f}% " if self.total else ""
-        return f"  {self.name}: {percent}{size} {rate:.1f} MB/s"
+    return Progress(total, text, done, every_tenth=True)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
@@ -185,7 +160,7 @@ def _stream_into(response, part, append, progress):
             out.write(block)
             received += len(block)
             if progress:
-                progress.update(len(block))
+                progress.advance(len(block))
 
 
 def _transfer_once(url, dest, part, timeout, show_progress):
@@ -226,12 +201,12 @@ def _transfer_once(url, dest, part, timeout, show_progress):
         if total is None and linked_size and linked_size.isdigit():
             total = int(linked_size)
         done = offset if append else 0
-        progress = Progress(os.path.basename(dest), total, done) if show_progress else None
+        progress = download_progress(os.path.basename(dest), total, done) if show_progress else None
         try:
             received = _stream_into(response, part, append, progress)
         finally:
             if progress:
-                progress.close()
+                progress.finish()
         if length is not None and received < length:
             # http.client returns a short body without raising when the server closes early.
             raise _Cut(f"got {received} of {length} bytes")

@@ -14,35 +14,21 @@ step reads each stored key once and writes only the new ones. A beam attending t
 descend from would add exp(-inf) = 0 terms: the numbers are those of the per-beam cache.
 
 A decode step attends to the first `width` slots, the used ones rounded up to KEY_BLOCK: few distinct
-shapes (each can be one CUDA graph, beam_graph.py), aligned masks. Everything a step computes from the
-step number reads it from the device tensor `step`, so that a captured step replays at any step.
+shapes, aligned masks. The cache is the `attend` of model.py for the passes of decoder.py.
 """
 
 import torch
 import torch.nn.functional as F
 
-from . import decode_attention
 from .data import round_up
+from .model import merge_heads, split_heads
 
 KEY_BLOCK = 64  # slots attended per step: the used ones rounded up to this
-ATTENTION = ("sdpa", "triton")  # a decode step's attention: PyTorch's, or decode_attention.py's kernel
-
-
-def attention_usable(attention, dtype, device, beams, head_dim):
-    """Whether the decode steps can use `attention` for a cache of this dtype on this device, with this many
-    beams (queries per context) and heads of this size."""
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-    return attention == "sdpa" or (decode_attention.available(dtype, device)
-                                   and decode_attention.supports(beams, head_dim))
 
 
 class BeamCache:
-    def __init__(self, config, contexts, beams, prompt_len, steps, device=None, dtype=torch.float32,
-                 attention="sdpa"):
+    def __init__(self, config, contexts, beams, prompt_len, steps, device=None, dtype=torch.float32):
         self.beams, self.prompt_len = beams, prompt_len
-        # decode_attention.py's kernel where it runs, else PyTorch's (gpt2_beam.py says so up front)
-        self.triton = attention == "triton" and attention_usable(attention, dtype, device, beams, config.head_dim)
         self.slots = round_up(prompt_len + steps * beams, KEY_BLOCK)
         shape = (contexts, config.n_layer, 2, config.n_head, self.slots, config.head_dim)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
@@ -58,7 +44,6 @@ class BeamCache:
         offset = torch.arange(self.slots, device=device) - prompt_len
         self.slot_step = torch.where(offset >= 0, offset // beams, -1)
         self.slot_place = offset.remainder(beams)
-        self.graphs = {}  # beam_graph.py's captured steps, valid while these tensors live
 
     @property
     def contexts(self):
@@ -70,7 +55,7 @@ class BeamCache:
         self.prefilled = True
 
     def begin_step(self):
-        """Before a decode step (outside any graph): the step number and the width it attends."""
+        """Before a decode step: the step number and the width it attends."""
         if self.steps >= self.ancestors.shape[2]:
             raise ValueError(f"the cache holds {self.ancestors.shape[2]} generated steps; all are used")
         self.step.fill_(self.steps)
@@ -102,20 +87,19 @@ class BeamCache:
         self.steps += 1
         self.width = self.mask = self.write_slots = None
 
-    def attend(self, layer, q, kv):
-        """Store this pass's keys and values kv [N, 2, H, T, hd]; return the attention output for q
-        [N, H, T, hd]."""
+    def attend(self, qkv, n_head, layer):
+        """model.py's `attend`: store this pass's keys and values in the layer's slots and return the
+        attention output [N, T, d] of its queries."""
+        heads = split_heads(qkv, n_head)
+        q, kv = heads[:, 0], heads[:, 1:]  # [N, H, T, hd], [N, 2, H, T, hd]
         cache = self.kv[:, layer]  # [N, 2, H, slots, hd]
         if not self.prefilled:  # the prompts: causal attention among themselves
             cache[:, :, :, :q.shape[2]] = kv
-            return F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], is_causal=True)
+            return merge_heads(F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], is_causal=True))
         cache.index_copy_(3, self.write_slots, kv.to(cache.dtype))  # autocast may hand us another dtype
         keys, values = cache[:, 0, :, :self.width], cache[:, 1, :, :self.width]
-        if self.triton:
-            out = decode_attention.decode_attention(q.to(keys.dtype), keys, values, self.mask)
-        else:
-            out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=self.mask)
-        return out.to(q.dtype)
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=self.mask)
+        return merge_heads(out.to(q.dtype))
 
     def reorder_beams(self, parents):
         """parents [N, B]: new beam b continues old beam parents[n, b]."""
@@ -127,4 +111,3 @@ class BeamCache:
         self.kv = self.kv.index_select(0, index)
         self.lengths = self.lengths.index_select(0, index)
         self.ancestors = self.ancestors.index_select(0, index)
-        self.graphs = {}

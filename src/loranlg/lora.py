@@ -1,10 +1,15 @@
 """LoRA on GPT-2's fused attention projection c_attn, as the paper's code applies it (SPEC 4).
 
+For each adapted slice s of q|k|v (default q and v), the paper's  h = W0 x + (alpha / r) B A x :
+
+    h_s = x W0_s + b_s + scaling * dropout(x) A_s^T B_s^T,      scaling = alpha / r
+
 The layer keeps the hub's Conv1D layout (weight [in, out] = [d, 3d], q|k|v along the output) so that
-checkpoints load without transposes. For the enabled slices (default q and v) it holds
-    lora_A [n*r, d]   rows s*r .. s*r+r-1 belong to the s-th enabled slice
-    lora_B [n*d, r]   rows s*d .. s*d+d-1 belong to the s-th enabled slice
-and adds  scaling * dropout(x) A_s^T B_s^T  to each enabled slice's output, scaling = alpha / r.
+checkpoints load without transposes, and the original's LoRA tensors:
+    lora_A [n*r, d]   rows s*r .. s*r+r-1 belong to the s-th adapted slice
+    lora_B [n*d, r]   rows s*d .. s*d+d-1 belong to the s-th adapted slice
+`formula` computes the update slice by slice as written above; `forward` computes the same numbers in one
+fused product (`fused`), which tests/test_lora.py checks against the formula.
 """
 
 import math
@@ -25,7 +30,7 @@ def parse_slices(spec):
 
 
 class LoRAQKV(nn.Module):
-    """c_attn: x [.., d] -> [.., 3d], with LoRA on the enabled slices when r > 0."""
+    """c_attn: x [.., d] -> [.., 3d], with LoRA of rank r on the enabled slices when r > 0."""
 
     def __init__(self, d, r=0, alpha=1, dropout=0.0, slices=(True, False, True)):
         super().__init__()
@@ -51,11 +56,10 @@ class LoRAQKV(nn.Module):
 
     def delta_weight(self):
         """The merged update in the weight's [in, out] layout: scaling * (B_s A_s)^T in each enabled slice."""
-        d, r = self.d, self.r
+        d = self.d
         delta = torch.zeros_like(self.weight)
         for s, i in enumerate(self.enabled):
-            block = self.lora_B[s * d:(s + 1) * d] @ self.lora_A[s * r:(s + 1) * r]  # [out=d, in=d]
-            delta[:, i * d:(i + 1) * d] = self.scaling * block.t()
+            delta[:, i * d:(i + 1) * d] = self.scaling * (self.B(s) @ self.A(s)).t()
         return delta
 
     @torch.no_grad()
@@ -70,23 +74,46 @@ class LoRAQKV(nn.Module):
             self.weight -= self.delta_weight().to(self.weight.dtype)
             self.merged = False
 
+    def A(self, s):
+        """A_s [r, d] of the s-th adapted slice."""
+        return self.lora_A[s * self.r:(s + 1) * self.r]
+
+    def B(self, s):
+        """B_s [d, r] of the s-th adapted slice."""
+        return self.lora_B[s * self.d:(s + 1) * self.d]
+
+    def frozen(self, x):
+        return F.linear(x, self.weight.t(), self.bias)
+
+    def forward(self, x):
+        if self.r == 0 or self.merged:
+            return self.frozen(x)
+        return self.fused(x)
+
+    def formula(self, x):
+        """The reference: x W0 + b, plus scaling * dropout(x) A_s^T B_s^T on each adapted slice s."""
+        h = list(self.frozen(x).split(self.d, dim=-1))  # q, k, v
+        x = self.lora_dropout(x)
+        for s, i in enumerate(self.enabled):
+            h[i] = h[i] + self.scaling * (x @ self.A(s).t() @ self.B(s).t())
+        return torch.cat(h, dim=-1)
+
+    def fused(self, x):
+        """`formula` as one addmm: x A^T (all slices' ranks side by side) times the expanded B^T, which holds
+        each B_s in the rows of its slice and zeros elsewhere: no split of q|k|v, no stacking back."""
+        out = self.frozen(x)
+        a = F.linear(self.lora_dropout(x), self.lora_A)  # [.., n*r]
+        return torch.addmm(out.flatten(0, -2), a.flatten(0, -2), self.expanded_B().t(),
+                           alpha=self.scaling).view(out.shape)
+
     def expanded_B(self):
         """lora_B laid over the 3d outputs, [3d, n*r]: B_s in the rows of its slice and the columns of its
-        rank block, zeros elsewhere; then x A^T (expanded B)^T is every slice's update in one product."""
+        rank block, zeros elsewhere."""
         n, d, r = len(self.enabled), self.d, self.r
         full = self.lora_B.new_zeros(3, d, n, r)
         for s, i in enumerate(self.enabled):
-            full[i, :, s] = self.lora_B[s * d:(s + 1) * d]
+            full[i, :, s] = self.B(s)
         return full.view(3 * d, n * r)
-
-    def forward(self, x):
-        out = F.linear(x, self.weight.t(), self.bias)
-        if self.r > 0 and not self.merged:
-            # out + scaling * dropout(x) A^T B^T as one addmm: no split of q|k|v, no stacking back.
-            a = F.linear(self.lora_dropout(x), self.lora_A)  # [.., n*r]
-            out = torch.addmm(out.flatten(0, -2), a.flatten(0, -2), self.expanded_B().t(),
-                              alpha=self.scaling).view(out.shape)
-        return out
 
     def extra_repr(self):
         on = "".join(n for n, flag in zip(SLICE_NAMES, self.slices) if flag)

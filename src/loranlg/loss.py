@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import pad_rows
+from .packed_attention import PackedAttention
+from .precision import autocast_dtype
 
 MASK_EPSILON = 1e-4
 
@@ -40,38 +41,28 @@ def masked_lm_loss(hidden, head_weight, target, positions, weights, label_smooth
 
 
 class LMObjective(nn.Module):
-    """GPT-2 plus its loss as one module, so that DistributedDataParallel sees the whole forward pass."""
+    """GPT-2 plus its loss as one module, so that DistributedDataParallel sees the whole forward pass.
 
-    def __init__(self, model, precision="fp32"):
+    frozen_head: a low-precision copy of the frozen tied head (precision.store_frozen_matrices), or None
+    to use the embedding itself."""
+
+    def __init__(self, model, precision="fp32", frozen_head=None):
         super().__init__()
         self.model = model
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self._frozen_head = None
-        self.loss_fn = masked_lm_loss  # train.compile_objective may swap in a compiled version
-
-    def store_frozen_matrices(self):
-        """Under autocast, keep each frozen weight matrix in the autocast type instead of casting it at every
-        use (autocast caches casts only of trainable leaves). Every matrix product sees exactly the values
-        autocast would give it; embeddings, layer norms and the residual stream stay fp32. The tied head gets
-        its own low-precision copy while the embedding is frozen."""
-        if self.autocast_dtype is None:
-            return
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad and p.dim() == 2 and name.endswith(("c_attn.weight", "c_proj.weight",
-                                                                         "c_fc.weight")):
-                p.data = p.data.to(self.autocast_dtype)
-        wte = self.model.transformer.wte.weight
-        if not wte.requires_grad:  # padded rows: aligned shapes take cuBLAS's fast kernels
-            self._frozen_head = pad_rows(wte.detach()).to(self.autocast_dtype)
+        self.autocast_dtype = autocast_dtype(precision)
+        self.frozen_head = frozen_head
+        self.loss_fn = masked_lm_loss  # train_step.compile_objective may swap in a compiled version
 
     def head_weight(self):
-        return self._frozen_head if self._frozen_head is not None else self.model.transformer.wte.weight
+        return self.frozen_head if self.frozen_head is not None else self.model.transformer.wte.weight
 
     def forward(self, input, target, positions, weights, label_smooth=0.0, packing=None):
-        """packing: the position_ids / pad_index / pack_index of a packed batch (data.collate_packed)."""
-        device_type = input.device.type
-        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
+        """packing: the position_ids / pad_index / pack_index / ... of a packed batch (data.collate_packed)."""
+        with torch.autocast(device_type=input.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            hidden = self.model.hidden_states(input, packing)
+            if packing is None:
+                hidden = self.model.hidden_states(input)
+            else:
+                hidden = self.model.hidden_states(input, packing["position_ids"], PackedAttention(packing))
         return self.loss_fn(hidden, self.head_weight(), target, positions, weights, label_smooth,
-                              self.autocast_dtype or torch.float32, self.model.config.vocab_size)
+                            self.autocast_dtype or torch.float32, self.model.config.vocab_size)

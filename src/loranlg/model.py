@@ -1,25 +1,25 @@
-"""GPT-2 as the LoRA paper's code defines it (SPEC 3): pre-LN blocks, tanh GELU, learned positions,
-LM head tied to the token embedding, no dropout anywhere but on the LoRA input.
+"""GPT-2 as the LoRA paper's code defines it (SPEC 3): pre-LN blocks, tanh GELU, learned positions, LM head
+tied to the token embedding, no dropout anywhere but on the LoRA input (lora.py).
 
-Three ways to run it:
-  model(ids)                          full causal pass -> logits [B, T, V] (training, scoring)
-  model.prefill(ids, lengths, cache)  right-padded prompts [N, P] -> next-token logits [N, V], fills the cache
-  model.decode_step(tokens, cache)    one new token per beam [N, B] -> logits [N, B, V] (kv_cache.py)
-Right padding plus causal attention means a padded row computes exactly what the row would alone. Training
-may also pack the examples of a batch into one row (no padding in the matrix products): attention then keeps
-each example to itself (packed_attention.py).
+    h_0 = wte[ids] + wpe[positions]
+    h_l = a + MLP(LN_2(a)),   a = h_{l-1} + Attention(LN_1(h_{l-1}))      l = 1 .. n_layer
+    logits = LN_f(h_L) wte^T
+
+model(ids) is the reference forward: plain causal attention over right-padded rows (a padded row computes
+exactly what the row would alone). The fast paths change only how attention reads its keys, through the
+`attend` argument: a packed training batch (packed_attention.py) and the beam search's key/value cache
+(kv_cache.py, decoder.py). tests/test_model.py checks each against this forward.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import round_up
-from .kv_cache import BeamCache
-from .lora import LoRAQKV
-from .packed_attention import packed_causal_attention
+from .errors import InputError
+from .lora import SLICE_NAMES, LoRAQKV, mark_only_lora_trainable, parse_slices
 
 CARDS = {
     "gpt2.sm": dict(n_embd=768, n_layer=12, n_head=12),
@@ -39,8 +39,9 @@ class GPT2Config:
     vocab_size: int = 50257
     n_positions: int = 1024
     layer_norm_epsilon: float = 1e-5
-    lora_attn_dim: int = 0
-    lora_attn_alpha: float = 128
+    # LoRA on c_attn, under the names of gpt2_ft.py's flags (lora_dim is the paper's rank r)
+    lora_dim: int = 0
+    lora_alpha: float = 128
     lora_dropout: float = 0.0
     lora_slices: tuple = (True, False, True)  # q, k, v
 
@@ -55,31 +56,23 @@ class GPT2Config:
         return self.n_embd // self.n_head
 
 
-def pad_rows(weight, multiple=64):
-    """A copy of `weight` with zero rows appended up to a multiple of `multiple` rows (aligned GEMM shapes)."""
-    return F.pad(weight, (0, 0, 0, round_up(weight.shape[0], multiple) - weight.shape[0]))
+def split_heads(qkv, n_head):
+    """[B, T, 3d] (q|k|v along the last dimension) -> [B, q|k|v, H, T, hd]."""
+    batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    return qkv.view(batch, length, 3, n_head, width // n_head).permute(0, 2, 3, 1, 4)
 
 
-class Attention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = LoRAQKV(config.n_embd, config.lora_attn_dim, config.lora_attn_alpha,
-                              config.lora_dropout, config.lora_slices)
-        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+def merge_heads(y):
+    """[B, H, T, hd] -> [B, T, H * hd]."""
+    batch, heads, length, head_dim = y.shape
+    return y.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
-    def forward(self, x, cache=None, layer=0, packing=None):
-        qkv = self.c_attn(x)
-        if packing is not None:  # the examples of a batch end to end in one row
-            return self.c_proj(packed_causal_attention(qkv, packing, self.n_head))
-        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        qkv = qkv.view(batch, length, 3, self.n_head, width // self.n_head)
-        heads = qkv.permute(0, 2, 3, 1, 4)  # [B, q|k|v, H, T, hd]
-        if cache is None:
-            y = F.scaled_dot_product_attention(heads[:, 0], heads[:, 1], heads[:, 2], is_causal=True)
-        else:
-            y = cache.attend(layer, heads[:, 0], heads[:, 1:])
-        return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
+
+def causal_attention(qkv, n_head, layer=None):
+    """softmax(q k^T / sqrt(hd) + causal mask) v per head: the reference `attend`. An `attend` takes qkv
+    [B, T, 3d], the head count and the layer's index, and returns the attention output [B, T, d]."""
+    heads = split_heads(qkv, n_head)
+    return merge_heads(F.scaled_dot_product_attention(heads[:, 0], heads[:, 1], heads[:, 2], is_causal=True))
 
 
 class Conv1D(nn.Module):
@@ -93,6 +86,18 @@ class Conv1D(nn.Module):
 
     def forward(self, x):
         return F.linear(x, self.weight.t(), self.bias)
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = LoRAQKV(config.n_embd, config.lora_dim, config.lora_alpha, config.lora_dropout,
+                              config.lora_slices)
+        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+
+    def forward(self, x, attend=causal_attention, layer=0):
+        return self.c_proj(attend(self.c_attn(x), self.n_head, layer))
 
 
 class MLP(nn.Module):
@@ -113,8 +118,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, **attn_kwargs):
-        x = x + self.attn(self.ln_1(x), **attn_kwargs)
+    def forward(self, x, attend=causal_attention, layer=0):
+        x = x + self.attn(self.ln_1(x), attend, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -128,10 +133,10 @@ class GPT2Model(nn.Module):
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
 
-    def forward(self, input_ids, positions, cache=None, packing=None):
+    def forward(self, input_ids, positions, attend=causal_attention):
         x = self.wte(input_ids) + self.wpe(positions)
-        for index, block in enumerate(self.h):
-            x = block(x, cache=cache, layer=index, packing=packing)
+        for layer, block in enumerate(self.h):
+            x = block(x, attend, layer)
         return self.ln_f(x)
 
 
@@ -140,59 +145,68 @@ class GPT2LMModel(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = GPT2Model(config)
-        self.inference_head = self.inference_bias = None  # see pad_head_for_inference
 
-    def lm_logits(self, hidden, padded=False):
-        if self.inference_head is not None:
-            logits = F.linear(hidden, self.inference_head, self.inference_bias)
-            return logits if padded else logits[..., :self.config.vocab_size]
-        return F.linear(hidden, self.transformer.wte.weight)  # tied head
-
-    def pad_head_for_inference(self, multiple=64):
-        """Give the head a copy of the embedding padded with zero rows to a multiple of 64: cuBLAS takes its
-        fast kernels only for aligned shapes, and 50,257 is odd. Same logits; the padding's logits are -inf
-        (a bias of 0 and -inf), so that they never win a top-k. Call it after loading weights and choosing
-        the device and dtype, for inference only (the copy does not follow later changes)."""
-        weight = self.transformer.wte.weight.detach()
-        self.inference_head = pad_rows(weight, multiple)
-        self.inference_bias = torch.zeros(self.inference_head.shape[0], dtype=weight.dtype, device=weight.device)
-        self.inference_bias[weight.shape[0]:] = float("-inf")
-
-    def hidden_states(self, input_ids, packing=None):
-        """Final hidden states [B, T, d]. packing: None for one example per row (right-padded), or the
-        position_ids / pad_index / pack_index of a packed batch (data.collate_packed)."""
-        if packing is None:
+    def hidden_states(self, input_ids, positions=None, attend=causal_attention):
+        """Final hidden states [B, T, d]; positions default to 0 .. T-1 in every row."""
+        if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            return self.transformer(input_ids, positions)
-        return self.transformer(input_ids, packing["position_ids"], packing=packing)
+        return self.transformer(input_ids, positions, attend)
 
     def forward(self, input_ids):
-        return self.lm_logits(self.hidden_states(input_ids))
+        """The reference forward: logits [B, T, V] of right-padded rows."""
+        return F.linear(self.hidden_states(input_ids), self.transformer.wte.weight)  # tied head
 
-    def new_cache(self, contexts, beams, prompt_len, steps, device=None, dtype=None, attention="sdpa"):
-        """A BeamCache for `contexts` prompts right-padded to prompt_len, `beams` beams each, `steps` tokens."""
-        weight = self.transformer.wte.weight
-        return BeamCache(self.config, contexts, beams, prompt_len, steps, device or weight.device,
-                         dtype or weight.dtype, attention)
 
-    def prefill(self, input_ids, lengths, cache, padded=False):
-        """Prompts right-padded to one length [N, P]; returns the logits after each one's last token [N, V]
-        (padded: as decode_step's)."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = self.transformer(input_ids, positions, cache=cache)
-        cache.finish_prefill(lengths)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return self.lm_logits(hidden[rows, lengths.to(input_ids.device) - 1], padded)
+# ---------------------------------------------------------------- building
 
-    def decode_step(self, tokens, cache, padded=False):
-        """One new token per beam [N, B], appended after each beam's own history; logits [N, B, V].
-        padded: the logits of pad_head_for_inference's padded head, [N, B, V'] with -inf in the padding."""
-        cache.begin_step()
-        logits = self.decode_logits(tokens, cache)
-        cache.end_step()
-        return logits if padded else logits[..., :self.config.vocab_size]
+def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv", device=None):
+    """A GPT-2 of `card` (a name in CARDS, or a GPT2Config) with LoRA of rank `lora_dim` on the `lora_slices`
+    of c_attn; only the LoRA tensors are trainable when lora_dim > 0 (everything when 0). The lora_*
+    arguments always set the config's LoRA fields, also when a GPT2Config is given.
+    device: where the weights are made (and randomly initialised): a GPU does it in milliseconds."""
+    if lora_dim < 0:
+        raise InputError(f"lora_dim must be 0 (full fine-tuning) or a positive rank, got {lora_dim}")
+    if not 0.0 <= lora_dropout < 1.0:
+        raise InputError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+    if isinstance(lora_slices, str):
+        try:
+            lora_slices = parse_slices(lora_slices)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    lora = dict(lora_dim=lora_dim, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_slices=tuple(lora_slices))
+    if isinstance(card, GPT2Config):
+        config = dataclasses.replace(card, **lora)
+    else:
+        try:
+            config = GPT2Config.from_card(card, **lora)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    with torch.device(device or "cpu"):
+        model = GPT2LMModel(config)
+    mark_only_lora_trainable(model)
+    return model
 
-    def decode_logits(self, tokens, cache):
-        """decode_step's work on the device, after cache.begin_step(): what beam_graph.py captures."""
-        positions = cache.prepare_step()
-        return self.lm_logits(self.transformer(tokens, positions, cache=cache), padded=True)
+
+def unwrap(model):
+    """The GPT2LMModel inside DistributedDataParallel / torch.compile wrappers."""
+    while not isinstance(model, GPT2LMModel):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a GPT2LMModel, got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def describe_trainable(model):
+    """'trainable parameters: 393,216 (LoRA r=4 on q,v)' or '... (full fine-tuning)'."""
+    model = unwrap(model)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = model.config
+    if config.lora_dim > 0:
+        slices = ",".join(name for name, on in zip(SLICE_NAMES, config.lora_slices) if on)
+        how = f"LoRA r={config.lora_dim} on {slices}"
+    else:
+        how = "full fine-tuning"
+    return f"trainable parameters: {count:,} ({how})"

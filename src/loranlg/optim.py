@@ -51,9 +51,9 @@ class AdamW(torch.optim.Optimizer):
     def compile_update(self, options=None):
         """torch.compile the capturable update: its ~30 small foreach and scalar kernels become a few fused
         ones (inside the CUDA-graph step launches cost more than the arithmetic). Same arithmetic, up to the
-        rounding of fused multiply-adds. options: Inductor's (train.compile_options())."""
+        rounding of fused multiply-adds. options: Inductor's (train_step.SpeedOptions)."""
         if self.capturable:
-            self._compiled_update = torch.compile(capturable_update, options=options)
+            self._compiled_update = torch.compile(adam_update, options=options)
 
     def uncompile_update(self):
         self._compiled_update = None
@@ -76,8 +76,12 @@ class AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         if self.capturable:
+            update = self._compiled_update or adam_update
             for group in self.param_groups:
-                self._update_capturable(group, [p for p in group["params"] if p.grad is not None])
+                params = [p for p in group["params"] if p.grad is not None]
+                if params:  # the parameters of a group always step together here: one device step count
+                    update(params, *self._tensors(params), [self.state[p]["step"] for p in params],
+                           group["lr_tensor"], *self._settings(group))
             return
         for group in self.param_groups:
             by_step = defaultdict(list)  # parameters at the same step share one set of foreach kernels
@@ -92,59 +96,47 @@ class AdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 by_step[state["step"]].append(p)
             for step, params in by_step.items():
-                self._update(group, step, params)
-
-    def _update(self, group, step, params):
-        beta1, beta2 = group["betas"]
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        exp_avg, denom = moments(*self._tensors(params), beta1, beta2, group["eps"])
-        step_size = lr
-        if group["correct_bias"]:
-            step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-        torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
-        if weight_decay > 0.0:
-            torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+                adam_update(params, *self._tensors(params), step, group["lr"], *self._settings(group))
 
     def _tensors(self, params):
         return ([p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
                 [self.state[p]["exp_avg_sq"] for p in params])
 
-    def _update_capturable(self, group, params):
-        """_update with the step count and the rate read from device tensors: no host synchronisation."""
-        if not params:
-            return
+    @staticmethod
+    def _settings(group):
         beta1, beta2 = group["betas"]
-        update = self._compiled_update or capturable_update
-        update(params, *self._tensors(params), [self.state[p]["step"] for p in params], group["lr_tensor"],
-               beta1, beta2, group["eps"], group["weight_decay"], group["correct_bias"])
+        return beta1, beta2, group["eps"], group["weight_decay"], group["correct_bias"]
 
 
-def moments(grads, exp_avg, exp_avg_sq, beta1, beta2, eps):
-    """Update m and v in place; returns (m, sqrt(v) + eps) as lists."""
+def adam_update(params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, correct_bias):
+    """One update of the module docstring's formula, in place. step and lr are numbers (the eager optimizer)
+    or device tensors (capturable: step a list of per-parameter counts, incremented here, read with no host
+    synchronisation; every tensor comes in as an argument, so that one compiled version serves every step)."""
+    on_device = torch.is_tensor(lr)
+    if on_device:
+        torch._foreach_add_(step, 1.0)
+        step = step[0]
     torch._foreach_mul_(exp_avg, beta1)
     torch._foreach_add_(exp_avg, grads, alpha=1.0 - beta1)
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sq)
     torch._foreach_add_(denom, eps)
-    return exp_avg, denom
-
-
-def capturable_update(params, grads, exp_avg, exp_avg_sq, steps, lr, beta1, beta2, eps, weight_decay,
-                      correct_bias):
-    """AdamW._update with the step counts and the rate `lr` in device tensors. Every tensor comes in as an
-    argument, so that a compiled version serves every step (nothing it reads is guarded by identity)."""
-    torch._foreach_add_(steps, 1.0)
-    exp_avg, denom = moments(grads, exp_avg, exp_avg_sq, beta1, beta2, eps)
-    step = steps[0]  # the parameters of a group always step together here
     step_size = lr
-    if correct_bias:
+    if correct_bias and on_device:
         step_size = lr * torch.sqrt(1.0 - torch.pow(beta2, step)) / (1.0 - torch.pow(beta1, step))
-    update = torch._foreach_div(exp_avg, denom)
-    torch._foreach_mul_(update, -step_size)
-    torch._foreach_add_(params, update)
-    if weight_decay > 0.0:
+    elif correct_bias:
+        step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    if on_device:  # p -= step_size * m / denom, with step_size a tensor
+        update = torch._foreach_div(exp_avg, denom)
+        torch._foreach_mul_(update, -step_size)
+        torch._foreach_add_(params, update)
+    else:
+        torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
+    if weight_decay > 0.0 and on_device:
         torch._foreach_add_(params, torch._foreach_mul(params, -lr * weight_decay))
+    elif weight_decay > 0.0:
+        torch._foreach_add_(params, params, alpha=-lr * weight_decay)
 
 
 def parameter_groups(model, no_decay_bias=False):

@@ -1,4 +1,4 @@
-"""What the training loop reports: metrics.jsonl, the progress bar, and the step losses behind both.
+"""What the training loop reports: metrics.jsonl, the progress line, and the step losses behind both.
 
 The losses stay on the device and are read only at log, save and eval points. A read at a log point is
 started when step N is queued (one all-reduce, an asynchronous copy to pinned memory) and finished after
@@ -7,14 +7,15 @@ Reading at once would leave the GPU idle while the host writes records and prepa
 (about 0.2 ms a step at 20 steps between reads, measured on an H100).
 """
 
+import datetime
 import json
 import os
-import sys
 import time
 
 import torch
 
 from .files import atomic_output
+from .progress import Progress
 
 
 class MetricsLog:
@@ -43,32 +44,16 @@ class MetricsLog:
             self.handle.close()
 
 
-class ProgressBar:
-    """A `progress` bar on rank 0 (only on a terminal) with the loss and the time left."""
+def training_progress(enabled, max_step, start):
+    """Steps done, the latest loss read and the time left, on a terminal (rank 0)."""
+    def text(progress):
+        loss = "-" if progress.loss is None else f"{progress.loss:.3f}"
+        left = datetime.timedelta(seconds=int(progress.seconds_left()))
+        return f"training {progress.done}/{progress.total} | loss {loss} | left {left}"
 
-    def __init__(self, enabled, max_step, start):
-        self.bar = None
-        if enabled:
-            from progress.bar import Bar
-            # the current stderr, not the one the package saw at import
-            self.bar = Bar("training", max=max_step, file=sys.stderr,
-                           suffix="%(index)d/%(max)d | loss %(loss)s | left %(eta_td)s")
-            self.bar.loss = "-"
-            self.bar.goto(start)
-
-    def next(self, loss=None):
-        if self.bar:
-            if loss is not None:
-                self.bar.loss = f"{loss:.3f}"
-            self.bar.next()
-
-    def clear(self):
-        if self.bar and self.bar.is_tty():
-            self.bar.clearln()
-
-    def finish(self):
-        if self.bar:
-            self.bar.finish()
+    progress = Progress(max_step, text, done=start, enabled=enabled)
+    progress.loss = None  # the latest loss read (the loop sets it)
+    return progress
 
 
 class _Read:

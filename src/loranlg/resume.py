@@ -1,0 +1,86 @@
+"""work_dir/resume.pt: everything an interrupted run needs to go on as if it had not stopped.
+
+The file holds the settings that must not change, the position (micro-batch step, epoch, batch within the
+epoch), the trainable weights and their accumulated gradients, the optimizer, schedule and fp16 scaler
+states, and per rank its random generators and the losses of an unfinished accumulation.
+"""
+
+import random
+
+import torch
+
+from .distributed import gather_objects
+from .errors import InputError
+from .files import atomic_output
+
+RESUME_FILE = "resume.pt"
+# Settings a resumed run must share with the run that wrote the resume file.
+RESUME_KEYS = ("model_card", "lora_dim", "lora_alpha", "train_batch_size", "grad_acc", "world_size", "max_step",
+               "scheduler", "warmup_step", "lr", "random_seed", "seq_len")
+
+
+def resume_settings(args, world_size, max_step):
+    return {key: (world_size if key == "world_size" else max_step if key == "max_step" else getattr(args, key))
+            for key in RESUME_KEYS}
+
+
+def rng_state(ctx, train_set, valid_set):
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "train_fill": train_set.fill_rng.getstate(), "valid_fill": valid_set.fill_rng.getstate()}
+    if ctx.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return state
+
+
+def set_rng_state(state, ctx, train_set, valid_set):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    train_set.fill_rng.setstate(state["train_fill"])
+    valid_set.fill_rng.setstate(state["valid_fill"])
+    if ctx.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], ctx.device)
+
+
+def save_resume(path, settings, position, model, optimizer, schedule, scaler, micro_losses, ctx, train_set,
+                valid_set):
+    """Collective: every rank calls it; rank 0 writes. position: train_step, epoch, batch_in_epoch,
+    finished."""
+    ranks = gather_objects({"rng": rng_state(ctx, train_set, valid_set),
+                            "micro_losses": [float(x) for x in micro_losses]}, ctx)
+    if not ctx.is_main:
+        return
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    state = {
+        "settings": settings, **position,
+        "trainable": {n: p.detach().cpu() for n, p in named},
+        "grads": {n: p.grad.detach().cpu() for n, p in named if p.grad is not None},
+        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ranks": ranks,
+    }
+    with atomic_output(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def load_resume(path, settings, model, optimizer, schedule, scaler, ctx, train_set, valid_set):
+    """Restore what save_resume wrote; returns (position, micro_losses on ctx.device). Refuses a file of
+    other settings."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    changed = [f"--{k} {saved['settings'].get(k)} -> {v}" for k, v in settings.items()
+               if saved["settings"].get(k) != v]
+    if changed:
+        raise InputError("cannot resume with other settings: " + ", ".join(changed), path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(saved["trainable"][name])
+                grad = saved["grads"].get(name)
+                p.grad = None if grad is None else grad.to(p.device)
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    rank = saved["ranks"][ctx.rank]
+    set_rng_state(rank["rng"], ctx, train_set, valid_set)
+    position = {key: saved[key] for key in ("train_step", "epoch", "batch_in_epoch", "finished")}
+    return position, [torch.tensor(v, device=ctx.device) for v in rank["micro_losses"]]

@@ -1,0 +1,206 @@
+"""The training step: one micro-batch in, its loss out, the optimizer updated at the end of each accumulation.
+
+Two implementations behind one call, chosen once per run (make_step):
+  EagerStep     forward and backward every micro-batch; clipping, fp16 loss scaling and the update on the
+                last of each accumulation. Any setting, any number of processes.
+  GraphedStep   one process on a GPU with --grad_acc 1: the whole step (forward, loss, backward, clipping,
+                Adam) replayed as one CUDA graph per batch shape (graphed_step.py), by default with the blocks,
+                the loss and the update compiled by torch.compile. Same numbers as the eager step
+                (tests/test_gpu.py). If compilation fails at the first capture, the run says so and goes on
+                with the uncompiled graph.
+What may be chosen is SpeedOptions; bench/ passes its own.
+"""
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import data, optim
+from .graphed_step import GraphedTrainStep
+from .loss import LMObjective, masked_lm_loss
+from .precision import autocast_dtype, store_frozen_matrices
+
+# How the CUDA-graph step lays batches out: packed (no padding in the matrix products), with few shapes, so
+# few graphs to capture. "padded" (one example a row) is kept for comparison (bench/bench_train.py).
+GRAPH_LAYOUTS = {
+    "packed": {"collate_fn": data.collate_packed, "length_multiple": 16, "tokens_multiple": 64,
+               "positions_multiple": 64},
+    "padded": {"collate_fn": data.collate, "length_multiple": 16, "positions_multiple": 64},
+}
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """cuda_graphs: the CUDA-graph step where it can run (--no_cuda_graph: False).
+    compile: "auto" (with the CUDA-graph step, where fusing its ~1,300 small kernels pays), "on", "off".
+    compile_optimizer: with the CUDA-graph step, compile the optimizer's update too.
+    inductor_options: Inductor's options for everything compiled. Combo kernels put independent small kernels
+      (the casts of LoRA's tensors, the update's foreach ops) into one launch: on an H100 a graphed step's
+      compiled kernels fall from 541 to 377 and its replay from 5.4 to 4.9 ms (BENCHMARKS.md, seventh session).
+    graph_layout: a key of GRAPH_LAYOUTS."""
+    cuda_graphs: bool = True
+    compile: str = "auto"
+    compile_optimizer: bool = True
+    inductor_options: dict = field(default_factory=lambda: {"combo_kernels": True})
+    graph_layout: str = "packed"
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(cuda_graphs=not getattr(args, "no_cuda_graph", False),
+                   compile=getattr(args, "compile", "off") or "off")
+
+    def compile_options(self):
+        """inductor_options less those this PyTorch's Inductor does not know (older versions)."""
+        try:
+            import torch._inductor.config as inductor_config
+        except Exception:
+            return {}
+        return {name: value for name, value in self.inductor_options.items() if hasattr(inductor_config, name)}
+
+
+def why_no_graphs(args, ctx, speed):
+    """Why the CUDA-graph step cannot be used here, or None when it can."""
+    if not speed.cuda_graphs:
+        return "--no_cuda_graph"
+    if ctx.device.type != "cuda":
+        return "not on a GPU"
+    if ctx.distributed:
+        return "several processes: DDP's gradient hooks run eagerly"
+    if args.grad_acc != 1:
+        return "--grad_acc above 1"
+    if args.precision == "fp16":
+        return "fp16's loss scaler synchronises with the host"
+    return None
+
+
+def compile_objective(objective, options):
+    """torch.compile each transformer block (one compiled graph serves all, with dynamic lengths) and the
+    loss (head, cross-entropy, label smoothing in a few fused kernels). Compilation happens at the first
+    call; False when this PyTorch cannot compile at all."""
+    try:
+        for block in objective.model.transformer.h:
+            block.compile(dynamic=True, options=options)
+        objective.loss_fn = torch.compile(masked_lm_loss, dynamic=True, options=options)
+    except Exception:  # e.g. no torch.compile for this Python version
+        uncompile_objective(objective)
+        return False
+    return True
+
+
+def uncompile_objective(objective):
+    for block in objective.model.transformer.h:
+        block._compiled_call_impl = None  # what nn.Module.compile set; None runs the module eagerly again
+    objective.loss_fn = masked_lm_loss
+    torch._dynamo.reset()
+
+
+def make_step(model, args, ctx, speed, say):
+    """The step for this run, with its objective and optimizer (step.objective, step.optimizer, step.scaler);
+    `say` prints a line on rank 0. Make it before loading a resume file into the optimizer: graphs need a
+    capturable optimizer, and are captured at the first call, after the load."""
+    reason = why_no_graphs(args, ctx, speed)
+    say(f"CUDA graphs: {'on' if reason is None else 'off'}" + ("" if reason is None else f" ({reason})"))
+    optimizer = optim.create_optimizer(model, args, capturable=reason is None)
+    frozen_head = None
+    if ctx.device.type == "cuda" and autocast_dtype(args.precision) is not None:
+        frozen_head = store_frozen_matrices(model, autocast_dtype(args.precision))
+    objective = LMObjective(model, args.precision, frozen_head)
+    compiling = speed.compile == "on" or (speed.compile == "auto" and reason is None)
+    compiled = compiling and compile_objective(objective, speed.compile_options())
+    if compiled and reason is None and speed.compile_optimizer:
+        optimizer.compile_update(speed.compile_options())
+    if compiling:
+        say("torch.compile: " + ("on (the first steps compile: about 30 s on an H100)" if compiled
+                                 else "not available in this PyTorch; going on without it"))
+    if reason is None:
+        return GraphedStep(objective, optimizer, args, compiled, GRAPH_LAYOUTS[speed.graph_layout], say)
+    return EagerStep(objective, optimizer, args, ctx)
+
+
+class EagerStep:
+    layout = {}  # the batches of data.collate, padded to their longest example
+
+    def __init__(self, objective, optimizer, args, ctx):
+        self.objective, self.optimizer, self.args = objective, optimizer, args
+        self.trainable = [p for p in objective.parameters() if p.requires_grad]
+        self.scaler = torch.amp.GradScaler(ctx.device.type) if args.precision == "fp16" else None
+        self.runner = objective
+        self.distributed = ctx.distributed
+        if ctx.distributed:
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.runner = DistributedDataParallel(objective, device_ids=device_ids)  # the model has no buffers
+
+    def __call__(self, batch, is_update):
+        """Forward and backward of one micro-batch; on the last of an accumulation also the update."""
+        args = self.args
+        sync = contextlib.nullcontext() if is_update or not self.distributed else self.runner.no_sync()
+        with sync:
+            loss = self.runner(batch["input"], batch["target"], batch["positions"], batch["weights"],
+                               args.label_smooth)
+            scaled = loss / args.grad_acc
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if is_update:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.trainable, args.clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    @property
+    def graphs(self):
+        return 0
+
+
+class GraphedStep:
+    scaler = None
+
+    def __init__(self, objective, optimizer, args, compiled, layout, say):
+        self.objective, self.optimizer, self.args = objective, optimizer, args
+        self.compiled, self.layout, self.say = compiled, layout, say
+        self.trainable = [p for p in objective.parameters() if p.requires_grad]
+        self.graphed = None  # captured at the first call, after any resume has loaded the optimizer state
+
+    def __call__(self, batch, is_update=True):
+        """The whole update on one batch (grad_acc is 1); the loss, copied out of the graph's buffer."""
+        if self.graphed is None:
+            self.graphed = self.capture()
+        try:
+            return self.graphed(batch).clone()
+        except Exception as err:
+            if not self.compiled:
+                raise
+            self.say(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                     "going on without it (--compile off skips it)")
+            uncompile_objective(self.objective)
+            self.optimizer.uncompile_update()
+            self.compiled = False
+            self.graphed = self.capture()
+            return self.graphed(batch).clone()
+
+    def capture(self):
+        args, objective, optimizer, trainable = self.args, self.objective, self.optimizer, self.trainable
+
+        def step(batch):
+            packing = {name: batch[name] for name in data.PACKING_KEYS} if "pad_index" in batch else None
+            loss = objective(batch["input"], batch["target"], batch["positions"], batch["weights"],
+                             args.label_smooth, packing)
+            loss.backward()
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, args.clip)
+            optimizer.step()
+            return loss.detach()
+
+        return GraphedTrainStep(step, trainable, protect=trainable + optimizer.state_tensors(), unused=("mask",))
+
+    @property
+    def graphs(self):
+        """Batch shapes captured so far."""
+        return len(self.graphed.captured) if self.graphed is not None else 0
