@@ -39,17 +39,24 @@ _PERIOD_COMMA_BEFORE_NON_DIGIT = re.compile(r"([.,])([^0-9])")
 _DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
 
 
-def tokenize(text):
-    """mteval-v13a's normalisation of one segment, lowercased; returns the list of words."""
+def normalize(text, lowercase=True):
+    """mteval-v13a's normalisation of one segment, as a string whose words are separated by whitespace.
+
+    Lowercased as the E2E script does; lowercase=False keeps the case (Moses multi-bleu-detok.perl).
+    """
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     for entity, char in _SGML_ENTITIES:
         text = text.replace(entity, char)
-    text = f" {text.lower()} "
+    text = f" {text.lower() if lowercase else text} "
     text = _PUNCTUATION.sub(r" \1 ", text)
     text = _PERIOD_COMMA_AFTER_NON_DIGIT.sub(r"\1 \2 ", text)
     text = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", text)
-    text = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
-    return text.split()
+    return _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
+
+
+def tokenize(text):
+    """mteval-v13a's normalisation of one segment, lowercased; returns the list of words."""
+    return normalize(text).split()
 
 
 def ngram_counts(words, max_order):
