@@ -17,11 +17,13 @@ parse_common_args "$@"
 TEST_FORMATTED=$(absolute "${TEST_FORMATTED:-$DATA_DIR/test_formatted.jsonl}")
 PREDICT=$(predict_file "$(final_checkpoint)")
 
-# decode_to REF PRED [gpt2_decode.py flags]: one decoding, skipped when REF and PRED are newer than the inputs.
+# decode_to REF PRED [gpt2_decode.py flags]: one decoding, skipped when REF and PRED are newer than the inputs
+# (REF a file for e2e, a directory of reference0.. for webnlg and dart, judged by its reference0).
 decode_to() {
-  local ref=$1 pred=$2
+  local ref=$1 pred=$2 made=$1
   shift 2
-  if already_done "$ref" "$pred" --after "$PREDICT" "$TEST_FORMATTED"; then return; fi
+  [ "$TASK" = e2e ] || made=$ref/reference0
+  if already_done "$made" "$pred" --after "$PREDICT" "$TEST_FORMATTED"; then return; fi
   need_file "$PREDICT" "$(stage_command beam)"
   need_file "$TEST_FORMATTED" "bash scripts/create_datasets.sh --datasets $TASK"
   [ -s "$VOCAB_DIR/encoder.json" ] || [ -s "$VOCAB_DIR/vocab.json" ] \
@@ -36,7 +38,7 @@ case "$TASK" in
   e2e) decode_to "$WORK_DIR/e2e_ref.txt" "$WORK_DIR/e2e_pred.txt" --ref_type e2e ;;
   *)
     for subset in $(generation_subsets); do
-      decode_to "$(references_dir "$subset")/reference0" "$(hypothesis_file "$subset")" --ref_type "$TASK" \
+      decode_to "$(references_dir "$subset")" "$(hypothesis_file "$subset")" --ref_type "$TASK" \
         --ref_num 6 --tokenize --lower --filter "$subset"
     done ;;
 esac

@@ -200,6 +200,24 @@ def test_same_scores_with_and_without_a_final_newline(tmp_path):
     assert set(scores[0]) == {"bleu", "bleu_nltk", "meteor", "ter"} and 0 < scores[0]["meteor"] < 1
 
 
+@pytest.mark.slow
+@needs_java
+def test_empty_hypotheses_score_zero_and_a_final_empty_one_counts(tmp_path):
+    """A model that says nothing: BLEU 0, METEOR 0, TER 1 (every reference word inserted); an empty last
+    hypothesis is a segment of its own, not a missing line."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(*write_case(empty, "\n\n", "a cat sat .\nthe dog ran .\n"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"bleu": 0.0, "bleu_nltk": 0.0, "meteor": 0.0, "ter": 1.0}
+    last = tmp_path / "last"
+    last.mkdir()
+    result = run(*write_case(last, "a cat sat .\n\n", "a cat sat .\nthe dog ran .\n"), "--json")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["ter"] == pytest.approx(0.5) and 0 < scores["meteor"] < 1
+
+
 def test_table_as_generationeval_prints_it():
     scores = {"bleu": 51.31904, "bleu_nltk": 0.38758, "meteor": 0.32327, "ter": 0.49545}
     assert generation_eval.format_table(scores) == (

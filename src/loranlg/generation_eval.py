@@ -175,10 +175,11 @@ class MeteorRun:
         jar = coco_metrics._pycocoevalcap_file("pycocoevalcap.meteor.meteor", "meteor-1.5.jar")
         self.workdir = tempfile.TemporaryDirectory(prefix="loranlg-meteor-")
         hyp_file, ref_file = (os.path.join(self.workdir.name, name) for name in ("hypothesis", "references"))
+        # Every line ends with a newline: joined without one, an empty last line would not be a line to Java.
         with open(hyp_file, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("\n".join(hyps_tok))
+            handle.writelines(hyp + "\n" for hyp in hyps_tok)
         with open(ref_file, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write("\n".join(ref for refs in refs_tok for ref in refs))
+            handle.writelines(ref + "\n" for refs in refs_tok for ref in refs)
         self.stdout = open(os.path.join(self.workdir.name, "stdout"), "w+b")
         self.stderr = open(os.path.join(self.workdir.name, "stderr"), "w+b")
         command = [java, "-Xmx2G", "-jar", jar, hyp_file, ref_file, "-l", "en", "-norm", "-r", str(num_refs)]
