@@ -29,6 +29,7 @@ if [ "$LORA_DIM" -gt 0 ]; then
 else
   WEIGHT_ARGS=(--init_checkpoint "$CKPT")  # full fine-tuning: the checkpoint is the whole model
 fi
+need_gpu "beam search with" "hours (10 beams, up to 64 steps, over every test context)"
 mkdir -p "$WORK_DIR"
 
 launch gpt2_beam.py \

@@ -242,3 +242,23 @@ references_dir() {
 hypothesis_file() {
   echo "$WORK_DIR/hypothesis_$(subset_suffix "$1")"
 }
+
+# Whether this machine has an NVIDIA GPU (asked without starting Python).
+have_gpu() {
+  [ -e /dev/nvidia0 ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; }
+}
+
+# need_gpu WHAT COST: a paper-size card (gpt2.sm/md/lg) on a machine without a GPU stops here, saying what it would
+# cost, unless `--device cpu` is among the extra flags.
+need_gpu() {
+  case "$MODEL_CARD" in gpt2.sm|gpt2.md|gpt2.lg) ;; *) return 0 ;; esac
+  local arg previous=""
+  for arg in "${EXTRA_ARGS[@]}"; do
+    [ "$previous $arg" = "--device cpu" ] || [ "$arg" = --device=cpu ] && return 0
+    previous=$arg
+  done
+  have_gpu && return 0
+  die "$STAGE: no GPU on this machine: $1 $MODEL_CARD on the CPU would take $2. Run it on a GPU machine, force it" \
+    "with: $(stage_command "$STAGE") -- --device cpu, or run the offline demo (a small model, minutes):" \
+    "bash scripts/demo.sh $TASK"
+}

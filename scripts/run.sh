@@ -54,7 +54,7 @@ full_run() {
   [ ${#EXTRA_ARGS[@]} -eq 0 ] || die "run.sh passes no flags after --; use TRAIN_ARGS / BEAM_ARGS"
   export_settings
   if [ "$INIT_CHECKPOINT" != none ] && [ ! -s "$INIT_CHECKPOINT" ]; then
-    stage download_pretrained_checkpoints.sh "$MODEL" --dir "$PRETRAINED_DIR"
+    stage download_pretrained_checkpoints.sh "$MODEL" --dir "$PRETRAINED_DIR" --vocab_dir "$VOCAB_DIR"
   fi
   local needed=(test.jsonl test_formatted.jsonl) splits=test name
   [ -n "${CHECKPOINT:-}" ] || { needed+=(train.jsonl valid.jsonl); splits=train,valid,test; }

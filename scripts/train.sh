@@ -24,6 +24,7 @@ if [ "$INIT_CHECKPOINT" != none ]; then
   need_file "$INIT_CHECKPOINT" "bash scripts/download_pretrained_checkpoints.sh $MODEL"
   INIT_ARGS=(--init_checkpoint "$INIT_CHECKPOINT")
 fi
+need_gpu "training" "days (about 0.7 TFLOP a step, several seconds a step on a few cores, 26,290 steps for E2E)"
 mkdir -p "$WORK_DIR"
 rm -f "$MARKER"
 STAMP=$WORK_DIR/.train.started

@@ -62,3 +62,13 @@ def run_script(name, *args, env=None, cwd=None, check=False):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=full_env,
                           cwd=cwd or REPO, check=check)
+
+
+def stand_in_gpu(directory):
+    """PATH with an `nvidia-smi` that lists one GPU, for the scripts' launch tests on machines without one."""
+    bin_dir = pathlib.Path(directory) / "gpu-bin"
+    bin_dir.mkdir(exist_ok=True)
+    tool = bin_dir / "nvidia-smi"
+    tool.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-stand-in)"\n')
+    tool.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, stand_in_gpu
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCORE_RANGES = {"BLEU": (0, 1), "NIST": (0, 15), "METEOR": (0, 1), "ROUGE_L": (0, 1), "CIDEr": (0, 10)}
@@ -162,7 +162,7 @@ def test_launcher_command_lines(tmp_path):
     for name in ("train.jsonl", "valid.jsonl"):
         (data / name).write_text("{}\n")
     env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(data), INIT_CHECKPOINT="none",
-               WORK_DIR=str(tmp_path / "run"))
+               WORK_DIR=str(tmp_path / "run"), PATH=stand_in_gpu(tmp_path))
     for launcher in ("torchrun", "launch"):
         done = run_script("train_e2e.sh", "--ngpu", "8", "--nnodes", "2", "--node_rank", "1",
                           "--master_addr", "10.0.0.1", "--launcher", launcher, "--", "--max_step", "5", env=env)
@@ -209,7 +209,7 @@ def test_beam_on_a_released_lora_checkpoint_command_line(tmp_path):
     base.write_bytes(b"x")
     lora.write_bytes(b"x")
     env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), PRETRAINED_DIR=str(tmp_path),
-               CHECKPOINT=str(lora), WORK_DIR=str(tmp_path / "run"), LAUNCHER="python")
+               CHECKPOINT=str(lora), WORK_DIR=str(tmp_path / "run"), LAUNCHER="python", PATH=stand_in_gpu(tmp_path))
     done = run_script("beam_e2e.sh", env=env)
     # The stand-in writes no predictions: the stage says so.
     assert done.returncode == 2 and "gpt2_beam.py ended without writing" in done.stderr
@@ -229,7 +229,7 @@ def test_one_node_torchrun_is_standalone(tmp_path):
     for name in ("train.jsonl", "valid.jsonl"):
         (tmp_path / name).write_text("{}\n")
     env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
-               WORK_DIR=str(tmp_path / "run"))
+               WORK_DIR=str(tmp_path / "run"), PATH=stand_in_gpu(tmp_path))
     done = run_script("train_e2e.sh", "--ngpu", "2", env=env)
     # The stand-in writes no checkpoint: the stage says so after the launch.
     assert done.returncode == 2 and "ended without writing a model.{step}.pt" in done.stderr
@@ -296,3 +296,28 @@ def test_demo_offline_without_inputs_lists_every_missing_file(tmp_path, task, mi
     for item in missing:
         assert item in last, item
     assert not (clone / "trained_models").exists()
+
+
+def test_a_paper_size_run_without_a_gpu_stops_and_says_what_it_costs(tmp_path):
+    """No GPU (no /dev/nvidia0, no nvidia-smi here): gpt2.md training and beam search stop before any work."""
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("this machine has a GPU")
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    fake.chmod(0o755)
+    for name in ("train.jsonl", "valid.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    no_gpu_path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                                  if not os.path.exists(os.path.join(d, "nvidia-smi")))
+    env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
+               WORK_DIR=str(tmp_path / "run"), LAUNCHER="python", PATH=no_gpu_path)
+    done = run_script("train_e2e.sh", env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("error: train: no GPU on this machine: training gpt2.md on the CPU would take days")
+    assert "bash scripts/train_e2e.sh -- --device cpu" in done.stderr and "bash scripts/demo.sh e2e" in done.stderr
+    assert not (tmp_path / "log").exists() and not (tmp_path / "run").exists()
+    forced = run_script("train_e2e.sh", "--", "--device", "cpu", env=env)  # the stand-in writes no checkpoint
+    assert "ended without writing a model.{step}.pt" in forced.stderr
+    assert (tmp_path / "log").read_text().strip().endswith("--device cpu")
+    small = run_script("train_e2e.sh", "--model_card", "gpt2.tiny", env=env)  # our small cards run anywhere
+    assert "no GPU" not in small.stderr

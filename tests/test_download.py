@@ -268,6 +268,28 @@ def test_download_checkpoints_script(server, tmp_path):
     assert proc.returncode == 0 and len(server.requests) == asked  # present files are kept, nothing fetched
 
 
+def test_download_checkpoints_puts_the_vocabulary_in_vocab_dir(server, tmp_path):
+    """VOCAB_DIR is honoured: the vocabulary goes there, and is not fetched when it is there in either naming."""
+    files = {"openai-community/gpt2/vocab.json": b'{"a": 0}', "openai-community/gpt2/merges.txt": b"#version\n",
+             "openai-community/gpt2/pytorch_model.bin": payload(10_000, 4)}
+    hub_layout(server, files)
+    out, vocab = tmp_path / "ckpt", tmp_path / "vocab"
+    proc = run_script("download_pretrained_checkpoints.sh", "sm", "--dir", out, "--vocab_dir", vocab,
+                      env={"LORANLG_HUB_URL": server.url})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ["gpt2-pytorch_model.bin"]
+    assert sorted(os.listdir(vocab)) == ["merges.txt", "vocab.json"]
+    original = tmp_path / "original"  # the original's names: encoder.json + vocab.bpe
+    original.mkdir()
+    (original / "encoder.json").write_bytes(b"{}")
+    (original / "vocab.bpe").write_bytes(b"#")
+    asked = len(server.requests)
+    proc = run_script("download_pretrained_checkpoints.sh", "sm", "--dir", out, "--vocab_dir", original,
+                      env={"LORANLG_HUB_URL": server.url})
+    assert proc.returncode == 0 and len(server.requests) == asked
+    assert sorted(os.listdir(original)) == ["encoder.json", "vocab.bpe"]
+
+
 def test_download_checkpoints_script_rejects_a_corrupt_weight_file(server, tmp_path):
     files = {"openai-community/gpt2/vocab.json": b"{}", "openai-community/gpt2/merges.txt": b"#",
              "openai-community/gpt2-large/pytorch_model.bin": payload(30_000, 3)}

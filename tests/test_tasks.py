@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import SRC, run_script
+from conftest import SRC, run_script, stand_in_gpu
 from loranlg.demo_data import DEFAULT_UNSEEN, write_demo_data
 from loranlg.formats import WEBNLG_SEEN_CATEGORIES
 from test_download import FileServer
@@ -90,7 +90,7 @@ def test_training_recipe_per_task(tmp_path, task, recipe):
     for name in ("train.jsonl", "valid.jsonl"):
         (data / name).write_text("{}\n")
     env = dict(PYTHON=str(fake_python(tmp_path)), LOG=str(tmp_path / "log"), DATA_DIR=str(data),
-               INIT_CHECKPOINT="none", WORK_DIR=str(tmp_path / "run"), LAUNCHER="python")
+               INIT_CHECKPOINT="none", WORK_DIR=str(tmp_path / "run"), LAUNCHER="python", PATH=stand_in_gpu(tmp_path))
     done = run_script("train.sh", "--task", task, env=env)
     assert done.returncode == 2 and "ended without writing a model.{step}.pt" in done.stderr
     line = " " + (tmp_path / "log").read_text().strip() + " "
@@ -108,7 +108,7 @@ def test_released_checkpoint_is_decoded_without_training(tmp_path, task):
     lora.write_bytes(b"x")
     env = dict(PYTHON=str(fake_python(tmp_path)), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path),
                PRETRAINED_DIR=str(tmp_path), CHECKPOINT=str(lora), WORK_DIR=str(tmp_path / "run"),
-               LAUNCHER="python")
+               LAUNCHER="python", PATH=stand_in_gpu(tmp_path))
     done = run_script("beam.sh", "--task", task, env=env)
     assert done.returncode == 2 and "gpt2_beam.py ended without writing" in done.stderr
     assert f"{tmp_path}/run/predict.gpt2_md_lora_{task}.b10p08.jsonl" in done.stderr

@@ -22,6 +22,7 @@ import urllib.request
 
 from .errors import InputError, run_cli
 from .progress import Progress
+from .tokenizer import VOCAB_FILE_PAIRS
 
 HUB_URL_VARIABLE = "LORANLG_HUB_URL"
 DEFAULT_HUB_URL = "https://huggingface.co"
@@ -285,9 +286,17 @@ def hub_url(repo, filename, base=None):
     return f"{base.rstrip('/')}/{repo}/resolve/main/{filename}"
 
 
-def checkpoint_plan(sizes, out_dir, weight_format="bin", base=None):
-    """[(url, dest)] for the vocabulary and the weights of `sizes` (keys of GPT2_CARDS)."""
-    plan = [(hub_url(VOCAB_REPO, name, base), os.path.join(out_dir, name)) for name in VOCAB_FILES]
+def has_vocabulary(directory):
+    """Whether `directory` holds a GPT-2 vocabulary in either naming (tokenizer.VOCAB_FILE_PAIRS)."""
+    return any(all(os.path.isfile(os.path.join(directory, name)) for name in pair) for pair in VOCAB_FILE_PAIRS)
+
+
+def checkpoint_plan(sizes, out_dir, weight_format="bin", base=None, vocab_dir=None):
+    """[(url, dest)] for the vocabulary (into vocab_dir, default out_dir; none when one is there already, under
+    either naming) and the weights of `sizes` (keys of GPT2_CARDS)."""
+    vocab_dir = vocab_dir or out_dir
+    plan = [] if has_vocabulary(vocab_dir) else [(hub_url(VOCAB_REPO, name, base), os.path.join(vocab_dir, name))
+                                                 for name in VOCAB_FILES]
     hub_name, local_name = WEIGHT_FILES[weight_format]
     for size in sizes:
         repo, prefix = GPT2_CARDS[size]
@@ -295,8 +304,8 @@ def checkpoint_plan(sizes, out_dir, weight_format="bin", base=None):
     return plan
 
 
-def download_checkpoints(sizes, out_dir, weight_format="bin", force=False, base=None, timeout=60):
-    plan = checkpoint_plan(sizes, out_dir, weight_format, base)
+def download_checkpoints(sizes, out_dir, weight_format="bin", force=False, base=None, timeout=60, vocab_dir=None):
+    plan = checkpoint_plan(sizes, out_dir, weight_format, base, vocab_dir)
     for index, (url, dest) in enumerate(plan):
         if os.path.isfile(dest) and not force:
             print(f"{dest}: already there, kept (--force downloads it again)", file=sys.stderr)
@@ -391,6 +400,9 @@ def main(argv=None):
     ckpt.add_argument("--format", choices=sorted(WEIGHT_FILES), default="bin",
                       help="bin: the hub's pytorch_model.bin (the original's format, default); safetensors: "
                            "model.safetensors, saved as <model>-model.safetensors")
+    ckpt.add_argument("--vocab_dir", default=None,
+                      help="where the vocabulary goes (default: --dir); nothing is fetched when it holds one already "
+                           "(encoder.json + vocab.bpe, or vocab.json + merges.txt)")
     ckpt.add_argument("--force", action="store_true", help="download files that are already there again")
     ckpt.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry (default 60)")
 
@@ -423,7 +435,7 @@ def _run_command(parser, ckpt, args):
         if unknown:
             ckpt.error(f"unknown model size {unknown[0]!r}; choose from sm, md, lg, all")
         sizes = list(GPT2_CARDS) if not args.sizes or "all" in args.sizes else list(dict.fromkeys(args.sizes))
-        download_checkpoints(sizes, args.dir, args.format, args.force, timeout=args.timeout)
+        download_checkpoints(sizes, args.dir, args.format, args.force, timeout=args.timeout, vocab_dir=args.vocab_dir)
     elif args.command == "vocab":
         download_checkpoints([], args.dir, timeout=args.timeout)
     else:
