@@ -13,17 +13,11 @@ import os
 import sys
 import time
 
-import torch
-
-from loranlg.beam import BeamSettings, beam_search
-from loranlg.data import token_list
-from loranlg.decoder import Decoder
-from loranlg.distributed import add_distributed_args, cleanup, gather_objects, setup_distributed
+# Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
+from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
 from loranlg.files import atomic_output, check_writable_dir, read_jsonl
-from loranlg.loading import load_model
-from loranlg.model import CARDS, GPT2Config
-from loranlg.precision import PRECISIONS
+from loranlg.flags import PRECISION_NAMES, add_distributed_args
 from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
 
@@ -75,7 +69,7 @@ def build_parser():
                              "[50256]; the recipes add 628 ('\\n\\n')")
     parser.add_argument("--output_file", default="beam_prediction.jsonl",
                         help="file name inside --work_dir (default beam_prediction.jsonl)")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_NAMES,
                         help="weights and activations; scores and the beam arithmetic stay in float32 "
                              "(default fp32, like the original; bf16 is faster on GPUs)")
     add_distributed_args(parser)
@@ -98,6 +92,8 @@ def check_args(args, config):
 
 
 def settings_from_args(args):
+    from loranlg.beam import BeamSettings
+
     return BeamSettings(beam=args.beam, eval_len=args.eval_len, length_penalty=args.length_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size,
                         repetition_penalty=args.repetition_penalty, min_length=args.min_length,
@@ -106,6 +102,12 @@ def settings_from_args(args):
 
 def load_decoder(args, device):
     """The model with LoRA merged, in --precision on `device`, with the padded head."""
+    import torch
+
+    from loranlg.decoder import Decoder
+    from loranlg.loading import load_model
+    from loranlg.precision import PRECISIONS
+
     torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
     model = load_model(args.model_card, args.lora_dim, args.lora_alpha, init_checkpoint=args.init_checkpoint,
                        lora_checkpoint=args.lora_checkpoint, device=device, merge=True)
@@ -114,6 +116,8 @@ def load_decoder(args, device):
 
 def read_contexts(path, seq_len, eval_len, vocab_size):
     """The encoded jsonl's contexts, each cut to its last seq_len - eval_len ids; (contexts, cut count)."""
+    from loranlg.data import token_list
+
     keep = seq_len - eval_len
     contexts, cut = [], 0
     for number, record in read_jsonl(path, required=("context",)):
@@ -135,6 +139,8 @@ def distinct_batches(contexts, batch_size, rank=0, world_size=1):
 
 def decode_contexts(decoder, batches, settings, progress):
     """{context: ids} for every context of these batches."""
+    from loranlg.beam import beam_search
+
     results = {}
     for batch in batches:
         for context, ids in zip(batch, beam_search(decoder, list(map(list, batch)), settings)):
@@ -158,6 +164,9 @@ def write_predictions(path, contexts, results):
 
 
 def run(args):
+    from loranlg.distributed import cleanup, gather_objects, setup_distributed
+    from loranlg.model import GPT2Config
+
     ctx = setup_distributed(args)
     try:
         out_path = os.path.join(args.work_dir, args.output_file)

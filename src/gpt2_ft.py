@@ -10,18 +10,10 @@ import os
 import random
 import sys
 
-import torch
-
-from loranlg.checkpoint import save_model
-from loranlg.distributed import add_distributed_args, cleanup, setup_distributed
+# Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
+from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
-from loranlg.files import check_writable_dir
-from loranlg.loading import load_model
-from loranlg.model import CARDS, GPT2Config, describe_trainable
-from loranlg.optim import FIXED_RATE_SCHEDULES, SCHEDULES
-from loranlg.precision import PRECISIONS
-from loranlg.train import load_datasets, train
-from loranlg.train_step import SpeedOptions
+from loranlg.flags import FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args
 
 
 def build_parser():
@@ -49,7 +41,7 @@ def build_parser():
     run.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this; 0 = no clipping")
     run.add_argument("--label_smooth", type=float, default=0.0, help="label smoothing s of the training loss (0.0)")
     run.add_argument("--random_seed", type=int, default=10, help="seed of the weights, dropout and data order (10)")
-    run.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+    run.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
                      help="fp32, or bf16 / fp16 autocast with fp32 weights and an fp32 loss (fp32)")
     run.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
     run.add_argument("--log_interval", type=int, default=100, help="log line every this many steps (100)")
@@ -90,6 +82,8 @@ def build_parser():
 
 
 def check_args(args):
+    from loranlg.model import GPT2Config
+
     if args.fp16:
         args.precision = "fp16"
     positive = ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval", "eval_interval",
@@ -110,6 +104,11 @@ def check_args(args):
 
 def build(args, ctx, log):
     """The model on ctx.device: random weights drawn on the CPU from --random_seed, then the checkpoints."""
+    import torch
+
+    from loranlg.loading import load_model
+    from loranlg.model import describe_trainable
+
     torch.manual_seed(args.random_seed)
     random.seed(args.random_seed)
     if args.init_checkpoint is None:
@@ -126,6 +125,13 @@ def main(argv=None, stop_after_step=None, speed=None):
     """speed: train_step.SpeedOptions (default: from --no_cuda_graph and --compile)."""
     args = build_parser().parse_args(argv)
     check_args(args)
+    from loranlg.checkpoint import save_model
+    from loranlg.distributed import cleanup, setup_distributed
+    from loranlg.files import check_writable_dir
+    from loranlg.model import GPT2Config
+    from loranlg.train import load_datasets, train
+    from loranlg.train_step import SpeedOptions
+
     ctx = setup_distributed(args)
     log = print if ctx.is_main else (lambda *a, **k: None)
     try:

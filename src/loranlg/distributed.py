@@ -24,19 +24,6 @@ class DistContext:
         return self.world_size > 1
 
 
-def add_distributed_args(parser):
-    group = parser.add_argument_group("distributed / device")
-    # Older PyTorch launchers pass --local_rank, newer --local-rank, torchrun only the LOCAL_RANK variable.
-    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
-                       help="set by torch.distributed.launch; you never pass it yourself")
-    group.add_argument("--platform", default="local", choices=["local", "k8s", "philly", "azure", "pai"],
-                       help="accepted for compatibility with the original scripts; the launcher's environment "
-                            "variables decide everything")
-    group.add_argument("--device", default=None,
-                       help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
-    return parser
-
-
 def setup_distributed(args=None):
     """Start the process group when launched with several processes; pick this rank's device."""
     env = os.environ

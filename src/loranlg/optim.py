@@ -13,9 +13,7 @@ from collections import defaultdict
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "constant")
-# The original also accepts these and then keeps the rate fixed at --lr (no scheduler at all).
-FIXED_RATE_SCHEDULES = ("inv_sqrt", "dev_perf")
+from .flags import FIXED_RATE_SCHEDULES
 
 
 class AdamW(torch.optim.Optimizer):

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import round_up
+from .flags import PRECISION_NAMES
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 FROZEN_MATRICES = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
 
