@@ -28,15 +28,17 @@ def test_a_log_gets_a_line_every_tenth_or_at_the_end_of_an_interval():
     assert log.getvalue() == "3/3\n"  # only the last: the interval never passed
 
 
-def test_a_terminal_gets_one_line_redrawn_and_cleared_before_other_output():
+def test_a_terminal_gets_one_bar_redrawn_and_cleared_before_other_output():
     screen = Terminal()
     progress = Progress(100, text, done=40, stream=screen)
     progress.advance()
-    assert screen.getvalue() == "\r41/100"
+    drawn = screen.getvalue().split("\r")[-1]
+    assert drawn == " |" + "#" * 8 + " " * 12 + "|  41/100"  # the progress package's Bar: 41% of 20 cells, our text
     progress.clear()
-    assert screen.getvalue().endswith("\r" + " " * 6 + "\r")
+    assert screen.getvalue().endswith("\r" + " " * len(drawn) + "\r")
+    progress.advance(59)
     progress.finish()
-    assert screen.getvalue().endswith("\r41/100\n")
+    assert screen.getvalue().endswith("\r |" + "#" * 20 + "|  100/100\n")
 
 
 def test_disabled_writes_nothing_and_rates_count_from_the_start():

@@ -1,5 +1,6 @@
-"""Progress on stderr, for training, beam search and downloads: one line redrawn in place on a terminal;
-elsewhere (a log file) a line every `every_seconds`, or every tenth of the total, or none."""
+"""Progress on stderr, for training, beam search and downloads: on a terminal, one bar redrawn in place (the
+`progress` package's Bar, our text after it); elsewhere (a log file) a line every `every_seconds`, or every
+tenth of the total, or none. The `progress` package draws nothing but on a terminal, hence the log lines here."""
 
 import sys
 import time
@@ -18,6 +19,7 @@ class Progress:
         self.started_at = done
         self.last_draw = 0.0
         self.drawn = 0  # characters on the terminal's current line
+        self.bar = None  # progress.bar.Bar, made at the first draw
         self.last_tenth = -1
 
     def rate(self):
@@ -48,24 +50,28 @@ class Progress:
             self._line()
 
     def clear(self):
-        """Before other output on the terminal."""
+        """Before other output on the terminal; the next draw starts a fresh line."""
         if self.tty and self.drawn:
             self.stream.write("\r" + " " * self.drawn + "\r")
             self.stream.flush()
             self.drawn = 0
+            self.bar = None
 
     def finish(self):
         if self.tty:
             self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
+            self.bar.finish()
             self.drawn = 0
+            self.bar = None
 
     def _draw(self):
-        line = self.text(self)
-        self.stream.write("\r" + line + " " * max(0, self.drawn - len(line)))
-        self.stream.flush()
-        self.drawn = len(line)
+        if self.bar is None:
+            from progress.bar import Bar
+            # hide_cursor off: a run stopped with Ctrl-C would leave the terminal without one.
+            self.bar = Bar(file=self.stream, max=max(self.total or 0, 1), width=20, hide_cursor=False)
+        self.bar.suffix = " " + self.text(self).replace("%", "%%")
+        self.bar.goto(min(self.done, self.bar.max))
+        self.drawn = max(self.drawn, self.bar._max_width)  # what clear() has to blank
 
     def _line(self):
         self.stream.write(self.text(self) + "\n")
