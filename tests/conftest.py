@@ -72,3 +72,14 @@ def stand_in_gpu(directory):
     tool.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-stand-in)"\n')
     tool.chmod(0o755)
     return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def assert_rerun_skips_every_stage(script, work, env):
+    """A second `script --demo` over a finished work dir runs nothing and touches no file."""
+    stamps = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()}
+    again = run_script(script, "--demo", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("[train] skipped", "[beam] skipped", "[decode] skipped", "[eval] skipped"):
+        assert stage in again.stderr
+    assert "running:" not in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()} == stamps

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_script, stand_in_gpu
+from conftest import REPO, assert_rerun_skips_every_stage, run_script, stand_in_gpu
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCORE_RANGES = {"BLEU": (0, 1), "NIST": (0, 15), "METEOR": (0, 1), "ROUGE_L": (0, 1), "CIDEr": (0, 10)}
@@ -89,13 +89,7 @@ def test_demo_scores_are_numbers_in_range(demo):
 @slow
 def test_rerun_skips_every_stage(demo):
     work, env, _ = demo
-    stamps = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()}
-    again = run_script("run_e2e.sh", "--demo", env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("[train] skipped", "[beam] skipped", "[decode] skipped", "[eval] skipped"):
-        assert stage in again.stderr
-    assert "running:" not in again.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()} == stamps
+    assert_rerun_skips_every_stage("run_e2e.sh", work, env)
 
 
 def stage_env(demo, **extra):

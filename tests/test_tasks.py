@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import SRC, run_script, stand_in_gpu
+from conftest import SRC, assert_rerun_skips_every_stage, run_script, stand_in_gpu
 from loranlg.demo_data import DEFAULT_UNSEEN, write_demo_data
 from loranlg.formats import WEBNLG_SEEN_CATEGORIES
 from test_download import FileServer
@@ -248,10 +248,4 @@ def test_dart_demo_scores_all(dart_demo):
 @slow
 def test_rerun_skips_every_stage(dart_demo):
     work, env, _ = dart_demo
-    stamps = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()}
-    again = run_script("run_dart.sh", "--demo", env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("[train] skipped", "[beam] skipped", "[decode] skipped", "[eval] skipped"):
-        assert stage in again.stderr
-    assert "running:" not in again.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()} == stamps
+    assert_rerun_skips_every_stage("run_dart.sh", work, env)

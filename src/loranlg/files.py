@@ -49,16 +49,41 @@ def check_writable_dir(path):
         raise InputError("the directory is not writable", path)
 
 
-def open_input(path):
-    """Open a UTF-8 text input, turning 'missing' and 'unreadable' into located errors."""
+@contextlib.contextmanager
+def located_errors(path):
+    """'missing', 'a directory' and 'unreadable' as located errors of `path`, for reading."""
     try:
-        return open(path, encoding="utf-8")
+        yield
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except IsADirectoryError:
         raise InputError("expected a file, found a directory", path) from None
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror}", path) from None
+
+
+def open_input(path):
+    """Open a UTF-8 text input, turning 'missing' and 'unreadable' into located errors."""
+    with located_errors(path):
+        return open(path, encoding="utf-8")
+
+
+def read_bytes(path):
+    with located_errors(path), open(path, "rb") as handle:
+        return handle.read()
+
+
+def write_figure(figure, path):
+    """A matplotlib figure as a PNG at `path`, written atomically; the figure is closed."""
+    import io
+
+    from matplotlib import pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    with atomic_output(path, "wb") as handle:
+        handle.write(buffer.getvalue())
 
 
 def read_lines(path):

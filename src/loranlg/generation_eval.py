@@ -29,6 +29,7 @@ import tempfile
 
 from . import coco_metrics, mteval, ter
 from .errors import InputError
+from .files import read_bytes
 from .nltk_tokenize import word_tokenize
 
 METRICS = ("bleu", "meteor", "ter")
@@ -42,15 +43,7 @@ _PERL_WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
 
 def read_lines(path):
     """(lines, ends_with_newline) of a UTF-8 file: split at '\\n' only, a final newline ending the last line."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise InputError("file not found", path) from None
-    except IsADirectoryError:
-        raise InputError("expected a file, found a directory", path) from None
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", path) from None
+    data = read_bytes(path)
     if not data:
         raise InputError("the file is empty; expected one line per segment", path)
     try:

@@ -1,9 +1,7 @@
 """The training and validation loss curves of a run, from gpt2_ft.py's metrics.jsonl, as a PNG."""
 
-import io
-
 from .errors import InputError
-from .files import atomic_output, read_jsonl
+from .files import read_jsonl, write_figure
 
 
 def read_loss_history(metrics_path):
@@ -67,8 +65,4 @@ def plot_losses(metrics_path, output_path, title=None):
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    with atomic_output(output_path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    write_figure(figure, output_path)

@@ -63,23 +63,29 @@ def _ours(value):
 def comparison_table(scores, model, method="LoRA", title=None):
     """Markdown: our row, the paper's rows for `model`, and our position against the paper's `method` row."""
     rows = paper_rows(model)
-    ref_trainable, ref_scores = _reference_row(rows, method, model)
     ours = {name: scores[name] * PAPER_SCALE[name] for name in METRICS}
-    header = "| | method | trainable | " + " | ".join(HEADERS[name] for name in METRICS) + " |"
-    lines = [f"## {title or 'E2E test set: ours and the paper (Table 3)'}", "",
-             header, "|" + "---|" * (len(METRICS) + 3),
-             "| **ours** | | | " + " | ".join(f"**{_ours(ours[name])}**" for name in METRICS) + " |"]
-    for row_method, trainable, paper in rows:
-        mark = " (ref.)" if (row_method, trainable) == (method, ref_trainable) else ""
-        lines.append(f"| paper {MODEL_NAMES[model]} | {row_method}{mark} | {trainable} | "
-                     + " | ".join(str(paper[name]) for name in METRICS) + " |")
-    lines.append(f"| ours vs paper {method} | | | "
-                 + " | ".join(f"{ref_scores[name].mark(ours[name])} ({ours[name] - ref_scores[name].value:+.2f})"
-                              for name in METRICS) + " |")
+    lines = [f"## {title or 'E2E test set: ours and the paper (Table 3)'}", ""]
+    lines += _rows_beside_the_paper([HEADERS[name] for name in METRICS], METRICS, ours, _ours, rows, model, method)
     lines += ["", f"BLEU, METEOR and ROUGE-L x100 as the paper prints them. 'inside' means within the paper's "
               f"± interval (or the rounding of a number printed without one) of the {MODEL_NAMES[model]} "
               f"{method} row; the bracket holds ours minus the paper's value.", ""]
     return "\n".join(lines)
+
+
+def _rows_beside_the_paper(headers, keys, ours, fmt, rows, model, method):
+    """The table's lines: header, our row (fmt of each value), the paper's rows, then our mark against the
+    paper's `method` row for each key (ours in the paper's units)."""
+    ref_trainable, ref_scores = _reference_row(rows, method, model)
+    lines = ["| | method | trainable | " + " | ".join(headers) + " |", "|" + "---|" * (len(keys) + 3),
+             "| **ours** | | | " + " | ".join(f"**{fmt(ours[key])}**" for key in keys) + " |"]
+    for row_method, trainable, paper in rows:
+        mark = " (ref.)" if (row_method, trainable) == (method, ref_trainable) else ""
+        lines.append(f"| paper {MODEL_NAMES[model]} | {row_method}{mark} | {trainable} | "
+                     + " | ".join(str(paper[key]) for key in keys) + " |")
+    lines.append(f"| ours vs paper {method} | | | "
+                 + " | ".join(f"{ref_scores[key].mark(ours[key])} ({ours[key] - ref_scores[key].value:+.2f})"
+                              for key in keys) + " |")
+    return lines
 
 
 def _reference_row(rows, method, model):
@@ -121,22 +127,12 @@ def generation_table(task, subset_scores, model, method="LoRA"):
         raise InputError(f"{task}: no scores for the {', '.join(missing)} test subset(s)")
     method = "Fine-Tune" if method == "FT" else method
     rows = generation_rows(task, model)
-    ref_trainable, ref_scores = _reference_row(rows, method, model)
     ours = {subset: subset_scores[subset]["bleu"] for subset in subsets}
     names = {"all": "A", "seen": "S", "unseen": "U"}
     title = "DART test set" if task == "dart" else "WebNLG 2017 test set, unseen (U) / seen (S) / all (A) categories"
-    lines = [f"## {title}: ours and the paper (BLEU, the repository README's table)", "",
-             "| | method | trainable | " + " | ".join(f"BLEU {names[s]}" if len(subsets) > 1 else "BLEU"
-                                                      for s in subsets) + " |",
-             "|" + "---|" * (len(subsets) + 3),
-             "| **ours** | | | " + " | ".join(f"**{ours[s]:.2f}**" for s in subsets) + " |"]
-    for row_method, trainable, paper in rows:
-        mark = " (ref.)" if (row_method, trainable) == (method, ref_trainable) else ""
-        lines.append(f"| paper {MODEL_NAMES[model]} | {row_method}{mark} | {trainable} | "
-                     + " | ".join(str(paper[s]) for s in subsets) + " |")
-    lines.append(f"| ours vs paper {method} | | | "
-                 + " | ".join(f"{ref_scores[s].mark(ours[s])} ({ours[s] - ref_scores[s].value:+.2f})"
-                              for s in subsets) + " |")
+    headers = [f"BLEU {names[s]}" if len(subsets) > 1 else "BLEU" for s in subsets]
+    lines = [f"## {title}: ours and the paper (BLEU, the repository README's table)", ""]
+    lines += _rows_beside_the_paper(headers, subsets, ours, lambda value: f"{value:.2f}", rows, model, method)
     lines += ["", "Ours, every score of eval/GenerationEval/eval.py (BLEU x100; METEOR and TER as fractions; "
               "lower TER is better):", "", "| test subset | BLEU | METEOR | TER |", "|---|---|---|---|"]
     lines += [f"| {subset} | {subset_scores[subset]['bleu']:.2f} | {subset_scores[subset]['meteor']:.4f} | "

@@ -1,9 +1,7 @@
 """results.png: our scores beside the paper's rows, one panel a metric (E2E) or a test subset (WebNLG U/S/A,
 DART), the paper's ± interval drawn on each of its bars (the rounding of the print where it gives none)."""
 
-import io
-
-from .files import atomic_output
+from .files import write_figure
 from .paper_results import E2E_METRICS, GENERATION_SUBSETS, MODEL_NAMES, generation_rows, paper_rows
 from .report import HEADERS, PAPER_SCALE
 
@@ -55,8 +53,4 @@ def plot_comparison(task, ours, model, output_path, title=None):
     figure.suptitle(title or f"{task}: ours and the paper's {MODEL_NAMES[model]} rows (bars: the paper's ± interval)",
                     fontsize=11)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    with atomic_output(output_path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    write_figure(figure, output_path)
