@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from . import flags
+
 
 @dataclass
 class DistContext:
@@ -27,7 +29,7 @@ class DistContext:
 def add_distributed_args(parser):
     group = parser.add_argument_group("distributed / device")
     # Older PyTorch launchers pass --local_rank, newer --local-rank, torchrun only the LOCAL_RANK variable.
-    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=flags.count, default=None,
                        help="set by torch.distributed.launch; you never pass it yourself")
     group.add_argument("--platform", default="local", choices=["local", "k8s", "philly", "azure", "pai"],
                        help="accepted for compatibility with the original scripts; the launcher's environment "
