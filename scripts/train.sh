@@ -10,6 +10,7 @@
 # Skipped when train.done exists, unless --force. Settings shared by all stages: below.
 STAGE=train
 source "$(dirname "$0")/common.sh"
+SCRIPT_ARGS=("$@")
 parse_common_args "$@"
 
 TRAIN_DATA=$(absolute "${TRAIN_DATA:-$DATA_DIR/train.jsonl}")
@@ -39,7 +40,18 @@ launch gpt2_ft.py \
   --scheduler linear --warmup_step 500 --max_epoch 5 \
   --save_interval 1000 --eval_interval 5000 --log_interval 100 \
   --lora_dim "$LORA_DIM" --lora_alpha 32 --lora_dropout "$LORA_DROPOUT" --label_smooth "$LABEL_SMOOTH" --random_seed 110 \
-  --work_dir "$WORK_DIR" "${PRECISION_ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 | tee "$WORK_DIR/train.log"
+  --work_dir "$WORK_DIR" "${PRECISION_ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 \
+  | (trap '' INT TERM; exec tee "$WORK_DIR/train.log") || STATUS=$?
+# tee ignores Ctrl-C / SIGTERM, so gpt2_ft.py can still report where it saved; any non-zero exit of gpt2_ft.py
+# (130 / 143 when interrupted: it saved resume.pt) ends here, without train.done.
+if [ "${STATUS:-0}" != 0 ]; then
+  rm -f "$STAMP"
+  RESUME=(bash "$0" "${SCRIPT_ARGS[@]}")
+  case " ${SCRIPT_ARGS[*]} " in *" -- "*) RESUME+=(--resume) ;; *) RESUME+=(-- --resume) ;; esac
+  echo "error: train: gpt2_ft.py exited with status $STATUS; no train.done written. Continue with:" \
+    "$(printf '%q ' "${RESUME[@]}")(see $WORK_DIR/train.log)" >&2
+  exit "$STATUS"
+fi
 
 # The final checkpoint: the highest step written by this run.
 FINAL=$(find "$WORK_DIR" -maxdepth 1 -name 'model.*.pt' -newer "$STAMP" -printf '%f\n' \

@@ -7,23 +7,23 @@ The file's distinct contexts are sorted longest first, dealt out to the processe
 --batch_size, and written back in line order by the first process.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
 # Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
+from loranlg import flags
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
-from loranlg.files import atomic_output, check_writable_dir, read_jsonl
+from loranlg.files import atomic_output, output_dir, read_jsonl
 from loranlg.flags import PRECISION_NAMES, add_distributed_args
 from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="gpt2_beam.py",
         description="Beam search with GPT-2 (+ LoRA) over the contexts of an encoded jsonl, as the LoRA "
                     "paper's gpt2_beam.py decodes them at --batch_size 1, at any batch size. Writes "
@@ -31,16 +31,16 @@ def build_parser():
     parser.add_argument("--data", required=True, metavar="FILE",
                         help='encoded jsonl ({"context": [ids], ...} a line, from gpt2_encode.py); lines that '
                              "share a context are decoded once")
-    parser.add_argument("--batch_size", type=int, default=10,
+    parser.add_argument("--batch_size", type=flags.positive_int, default=10,
                         help="distinct contexts decoded together (each with --beam beams); larger is faster "
                              "and gives the same output (default 10)")
-    parser.add_argument("--seq_len", type=int, default=512,
+    parser.add_argument("--seq_len", type=flags.integer(2), default=512,
                         help="context + generated tokens at most: a context keeps its last "
                              "seq_len - eval_len tokens (default 512)")
-    parser.add_argument("--eval_len", type=int, default=256,
+    parser.add_argument("--eval_len", type=flags.positive_int, default=256,
                         help="tokens to generate at most; outputs are right-padded with 0 to this length "
                              "(default 256; the E2E recipe uses 64)")
-    parser.add_argument("--min_length", type=int, default=0,
+    parser.add_argument("--min_length", type=flags.count, default=0,
                         help="EOS ids are blocked while fewer tokens than this have been generated (default 0)")
     parser.add_argument("--model_card", default="gpt2.sm", choices=list(CARDS),
                         help="model size: gpt2.sm / gpt2.md / gpt2.lg (GPT-2 small / medium / large), or our "
@@ -51,20 +51,20 @@ def build_parser():
                              "(seeded: for benchmarks)")
     parser.add_argument("--lora_checkpoint", default=None, metavar="FILE",
                         help="LoRA tensors saved separately from the base weights (optional)")
-    parser.add_argument("--lora_dim", type=int, default=0,
+    parser.add_argument("--lora_dim", type=flags.count, default=0,
                         help="LoRA rank r of the checkpoint (0: no LoRA) (default 0)")
-    parser.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha of the checkpoint (default 128)")
+    parser.add_argument("--lora_alpha", type=flags.positive_int, default=128, help="LoRA alpha of the checkpoint (default 128)")
     parser.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
                         help="output folder (default $PT_OUTPUT_DIR or gpt2_model)")
-    parser.add_argument("--beam", type=int, default=1, help="beam size (default 1; the E2E recipe uses 10)")
-    parser.add_argument("--length_penalty", type=float, default=1.0,
+    parser.add_argument("--beam", type=flags.positive_int, default=1, help="beam size (default 1; the E2E recipe uses 10)")
+    parser.add_argument("--length_penalty", type=flags.finite, default=1.0,
                         help="a finished hypothesis scores sum(log p) / length**length_penalty (default 1.0)")
-    parser.add_argument("--no_repeat_ngram_size", type=int, default=4,
+    parser.add_argument("--no_repeat_ngram_size", type=flags.count, default=4,
                         help="never complete an n-gram of this size already among the generated tokens "
                              "(0: off) (default 4)")
-    parser.add_argument("--repetition_penalty", type=float, default=1.0,
+    parser.add_argument("--repetition_penalty", type=flags.positive, default=1.0,
                         help="CTRL penalty on logits of tokens already generated (1.0: off) (default 1.0)")
-    parser.add_argument("--eos_token_id", action="append", type=int, default=[EOT_ID],
+    parser.add_argument("--eos_token_id", action="append", type=flags.count, default=[EOT_ID],
                         help="an id that ends a hypothesis; repeat the flag for more. Appends to the default "
                              "[50256]; the recipes add 628 ('\\n\\n')")
     parser.add_argument("--output_file", default="beam_prediction.jsonl",
@@ -77,8 +77,10 @@ def build_parser():
 
 
 def check_args(args, config):
-    if args.beam < 1 or args.batch_size < 1 or args.eval_len < 1:
-        raise InputError("--beam, --batch_size and --eval_len must be at least 1")
+    if args.lora_checkpoint is not None and args.init_checkpoint is None:
+        raise InputError(f"--lora_checkpoint {args.lora_checkpoint} holds LoRA tensors, which need the base model "
+                         "they were trained on: pass its weights with --init_checkpoint (e.g. "
+                         "pretrained_checkpoints/gpt2-medium-pytorch_model.bin)")
     if args.beam > config.vocab_size:
         raise InputError(f"--beam {args.beam} is larger than the vocabulary ({config.vocab_size})")
     if args.seq_len - args.eval_len < 1:
@@ -170,15 +172,17 @@ def run(args):
     ctx = setup_distributed(args)
     try:
         out_path = os.path.join(args.work_dir, args.output_file)
-        check_writable_dir(args.work_dir)  # on every rank: they must all fail alike, or the others would wait
         config = GPT2Config.from_card(args.model_card)
         check_args(args, config)
         settings = settings_from_args(args)
-        contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, config.vocab_size)
-        if cut and ctx.is_main:
-            print(f"note: {cut} context(s) longer than seq_len - eval_len = {args.seq_len - args.eval_len} "
-                  "tokens keep only their last tokens, as in the original", file=sys.stderr)
-        decoder = load_decoder(args, ctx.device)
+        with output_dir(args.work_dir):  # on every rank: they must all fail alike, or the others would wait
+            if os.path.isdir(out_path):
+                raise InputError("is a directory; give a file name for --output_file", out_path)
+            contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, config.vocab_size)
+            if cut and ctx.is_main:
+                print(f"note: {cut} context(s) longer than seq_len - eval_len = {args.seq_len - args.eval_len} "
+                      "tokens keep only their last tokens, as in the original", file=sys.stderr)
+            decoder = load_decoder(args, ctx.device)
         batches = distinct_batches(contexts, args.batch_size, ctx.rank, ctx.world_size)
         label = f"beam (rank 0 of {ctx.world_size})" if ctx.distributed else "beam"
         progress = contexts_progress(sum(map(len, batches)), ctx.is_main, label)

@@ -1,13 +1,12 @@
 """Turn gpt2_beam.py's token ids into the reference and prediction files of the evaluators."""
 
-import argparse
-
+from loranlg import flags
 from loranlg.decode import FILTERS, REF_TYPES, decode_files
 from loranlg.errors import run_cli
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = flags.Parser(description=__doc__)
     parser.add_argument("--vocab", required=True,
                         help="directory of the GPT-2 vocabulary (encoder.json + vocab.bpe, or vocab.json + merges.txt)")
     parser.add_argument("--sample_file", required=True,
@@ -23,7 +22,7 @@ def parse_args(argv):
     parser.add_argument("--ref_type", default="e2e", choices=REF_TYPES,
                         help="layout of the references: e2e (one file, blank-line separated groups) or "
                              "webnlg/dart (one file per reference position) (default: e2e)")
-    parser.add_argument("--ref_num", type=int, default=4,
+    parser.add_argument("--ref_num", type=flags.positive_int, default=4,
                         help="webnlg/dart: number of reference files; a group with fewer references repeats its "
                              "first one, extra references are dropped (default: 4)")
     parser.add_argument("--tokenize", action="store_true",

@@ -11,20 +11,21 @@ import random
 import sys
 
 # Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
+from loranlg import flags
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
 from loranlg.flags import FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_distributed_args(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py output)")
     data.add_argument("--valid_data", required=True, help="encoded validation jsonl")
-    data.add_argument("--train_batch_size", type=int, default=8, help="examples per batch and process (8)")
-    data.add_argument("--valid_batch_size", type=int, default=4, help="validation examples per batch (4)")
-    data.add_argument("--seq_len", type=int, default=512,
+    data.add_argument("--train_batch_size", type=flags.positive_int, default=8, help="examples per batch and process (8)")
+    data.add_argument("--valid_batch_size", type=flags.positive_int, default=4, help="validation examples per batch (4)")
+    data.add_argument("--seq_len", type=flags.integer(2), default=512,
                       help="longest input in tokens; longer examples are cut, a longer context is refused (512)")
     model = parser.add_argument_group("model")
     model.add_argument("--model_card", default="gpt2.md", choices=list(CARDS),
@@ -33,20 +34,20 @@ def build_parser():
                        help="pretrained weights (hub .bin/.safetensors or the original's .pt); "
                             "without it the model starts from random weights")
     model.add_argument("--lora_checkpoint", default=None, help="LoRA tensors to start from (a model.{step}.pt)")
-    model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank r; 0 = full fine-tuning (0)")
-    model.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha; scaling = alpha / r (128)")
-    model.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input (0.0)")
+    model.add_argument("--lora_dim", type=flags.count, default=0, help="LoRA rank r; 0 = full fine-tuning (0)")
+    model.add_argument("--lora_alpha", type=flags.positive_int, default=128, help="LoRA alpha; scaling = alpha / r (128)")
+    model.add_argument("--lora_dropout", type=flags.fraction, default=0.0, help="dropout on the LoRA input (0.0)")
     run = parser.add_argument_group("run")
-    run.add_argument("--grad_acc", type=int, default=1, help="micro-batches per optimizer update (1)")
-    run.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this; 0 = no clipping")
-    run.add_argument("--label_smooth", type=float, default=0.0, help="label smoothing s of the training loss (0.0)")
-    run.add_argument("--random_seed", type=int, default=10, help="seed of the weights, dropout and data order (10)")
+    run.add_argument("--grad_acc", type=flags.positive_int, default=1, help="micro-batches per optimizer update (1)")
+    run.add_argument("--clip", type=flags.non_negative, default=0.0, help="clip the gradient norm to this; 0 = no clipping")
+    run.add_argument("--label_smooth", type=flags.fraction, default=0.0, help="label smoothing s of the training loss (0.0)")
+    run.add_argument("--random_seed", type=flags.seed, default=10, help="seed of the weights, dropout and data order (10)")
     run.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
                      help="fp32, or bf16 / fp16 autocast with fp32 weights and an fp32 loss (fp32)")
     run.add_argument("--fp16", action="store_true", help="the original's flag: same as --precision fp16")
-    run.add_argument("--log_interval", type=int, default=100, help="log line every this many steps (100)")
-    run.add_argument("--eval_interval", type=int, default=2000, help="validation every this many steps (2000)")
-    run.add_argument("--save_interval", type=int, default=500,
+    run.add_argument("--log_interval", type=flags.positive_int, default=100, help="log line every this many steps (100)")
+    run.add_argument("--eval_interval", type=flags.positive_int, default=2000, help="validation every this many steps (2000)")
+    run.add_argument("--save_interval", type=flags.positive_int, default=500,
                      help="write work_dir/model.{step}.pt (and the resume file) every this many steps (500)")
     run.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
                      help="where checkpoints, metrics.jsonl and resume.pt go ($PT_OUTPUT_DIR or gpt2_model)")
@@ -62,22 +63,22 @@ def build_parser():
                      help="continue from work_dir/resume.pt (weights, optimizer, schedule, step, RNG, data "
                           "position); starts from the beginning when there is none yet")
     opt = parser.add_argument_group("optimizer (Adam with decoupled weight decay)")
-    opt.add_argument("--lr", type=float, default=0.00001, help="peak learning rate (1e-5)")
-    opt.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay (0.01)")
+    opt.add_argument("--lr", type=flags.non_negative, default=0.00001, help="peak learning rate (1e-5)")
+    opt.add_argument("--weight_decay", type=flags.non_negative, default=0.01, help="decoupled weight decay (0.01)")
     opt.add_argument("--correct_bias", action="store_true", help="Adam bias correction")
-    opt.add_argument("--adam_epislon", "--adam_epsilon", dest="adam_epislon", type=float, default=1e-6,
+    opt.add_argument("--adam_epislon", "--adam_epsilon", dest="adam_epislon", type=flags.positive, default=1e-6,
                      help="Adam epsilon (1e-6); the original spells it --adam_epislon")
     opt.add_argument("--no_decay_bias", action="store_true", help="no weight decay on biases")
-    opt.add_argument("--adam_beta1", type=float, default=0.9, help="Adam beta1 (0.9)")
-    opt.add_argument("--adam_beta2", type=float, default=0.98, help="Adam beta2 (0.98)")
+    opt.add_argument("--adam_beta1", type=flags.fraction, default=0.9, help="Adam beta1 (0.9)")
+    opt.add_argument("--adam_beta2", type=flags.fraction, default=0.98, help="Adam beta2 (0.98)")
     opt.add_argument("--scheduler", default="linear", choices=list(SCHEDULES + FIXED_RATE_SCHEDULES),
                      help="learning-rate schedule, stepped per micro-batch: linear (warmup then linear decay "
                           "to 0 at max_step), cosine, constant (after warmup); inv_sqrt / dev_perf keep --lr "
                           "fixed, as the original does (linear)")
-    opt.add_argument("--warmup_step", type=int, default=0, help="warmup steps (0)")
-    opt.add_argument("--max_step", type=int, default=None,
+    opt.add_argument("--warmup_step", type=flags.count, default=0, help="warmup steps (0)")
+    opt.add_argument("--max_step", type=flags.positive_int, default=None,
                      help="steps (micro-batches) to train; default ceil(max_epoch * batches / world size)")
-    opt.add_argument("--max_epoch", type=int, default=None, help="epochs to train")
+    opt.add_argument("--max_epoch", type=flags.positive_int, default=None, help="epochs to train")
     return parser
 
 
@@ -86,20 +87,11 @@ def check_args(args):
 
     if args.fp16:
         args.precision = "fp16"
-    positive = ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval", "eval_interval",
-                "save_interval")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
     n_positions = GPT2Config.from_card(args.model_card).n_positions
     if args.seq_len > n_positions:
         raise InputError(f"--seq_len {args.seq_len} is longer than the model's {n_positions} positions")
-    if not 0.0 <= args.label_smooth < 1.0:
-        raise InputError(f"--label_smooth must be in [0, 1), got {args.label_smooth}")
     if args.max_step is None and args.max_epoch is None:
         raise InputError("give --max_step or --max_epoch (the run needs an end)")
-    if args.max_step is not None and args.max_step < 1:
-        raise InputError(f"--max_step must be at least 1, got {args.max_step}")
 
 
 def build(args, ctx, log):
@@ -123,27 +115,30 @@ def build(args, ctx, log):
 
 def main(argv=None, stop_after_step=None, speed=None):
     """speed: train_step.SpeedOptions (default: from --no_cuda_graph and --compile)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     check_args(args)
     from loranlg.checkpoint import save_model
     from loranlg.distributed import cleanup, setup_distributed
-    from loranlg.files import check_writable_dir
+    from loranlg.files import output_dir
     from loranlg.model import GPT2Config
+    from loranlg.run_guard import resume_command, work_dir_lock
     from loranlg.train import load_datasets, train
     from loranlg.train_step import SpeedOptions
 
     ctx = setup_distributed(args)
+    args.resume_command = resume_command(__file__, argv, ctx.world_size)
     log = print if ctx.is_main else (lambda *a, **k: None)
     try:
-        check_writable_dir(args.work_dir)
-        train_set, valid_set, notes = load_datasets(args, GPT2Config.from_card(args.model_card).vocab_size)
-        for note in notes:
-            log(note, file=sys.stderr)
-        log(f"rank {ctx.rank} of {ctx.world_size} on {ctx.device}; train {len(train_set.examples)} examples, "
-            f"valid {len(valid_set.examples)} examples")
-        model = build(args, ctx, log)
-        return train(args, ctx, model, train_set, valid_set, save_model, speed or SpeedOptions.from_args(args),
-                     stop_after_step=stop_after_step, log=print)
+        with output_dir(args.work_dir), work_dir_lock(args.work_dir, enabled=ctx.is_main):
+            train_set, valid_set, notes = load_datasets(args, GPT2Config.from_card(args.model_card).vocab_size)
+            for note in notes:
+                log(note, file=sys.stderr)
+            log(f"rank {ctx.rank} of {ctx.world_size} on {ctx.device}; train {len(train_set.examples)} examples, "
+                f"valid {len(valid_set.examples)} examples")
+            model = build(args, ctx, log)
+            return train(args, ctx, model, train_set, valid_set, save_model, speed or SpeedOptions.from_args(args),
+                         stop_after_step=stop_after_step, log=print)
     finally:
         cleanup(ctx)
 

@@ -163,7 +163,9 @@ def test_top_log_probs_are_the_best_of_log_softmax():
     logp, ids = top_log_probs(logits.clone(), history, s, torch.float64, 5)
     full = torch.log(torch.softmax(process_logits(logits.clone(), history, s), dim=-1))
     expected, expected_ids = torch.topk(full, 5, dim=1)
-    assert torch.equal(ids, expected_ids) and torch.equal(logp, expected)
+    # log of 5 gathered values and of a whole row run through different vector paths: equal to rounding
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(logp, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_padded_head_matches_reference():

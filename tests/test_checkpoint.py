@@ -147,7 +147,10 @@ def test_lora_only_file_in_the_original_layout_plus_base(tmp_path):
     torch.save(hub_legacy_state(base), tmp_path / "base.bin")
     save_lora(trained, tmp_path / "model.1000.pt")
     saved = torch.load(tmp_path / "model.1000.pt", weights_only=True)
-    assert set(saved) == {"model_state_dict"}
+    assert set(saved) == {"model_state_dict", "loranlg"}  # the original's layout, plus what we record
+    record = {k: v for k, v in saved["loranlg"].items() if k != "crc32"}
+    assert record == {"version": 1, "model_card": None, "lora_dim": 2, "lora_alpha": 8, "lora_targets": "q,v",
+                      "config": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128, "vocab_size": 97}}
     assert set(saved["model_state_dict"]) == {f"module.transformer.h.{i}.attn.c_attn.lora_{m}"
                                               for i in range(2) for m in "AB"}
     assert all(v.dtype == torch.float32 for v in saved["model_state_dict"].values())
@@ -314,6 +317,7 @@ def test_lora_file_missing_a_layer(tmp_path):
     save_lora(trained_lora(trained_base()), tmp_path / "lora.pt")
     state = torch.load(tmp_path / "lora.pt", weights_only=True)
     del state["model_state_dict"]["module.transformer.h.1.attn.c_attn.lora_B"]
+    del state["loranlg"]  # as the original's files: no checksum (ours would call the edited file damaged)
     torch.save(state, tmp_path / "lora.pt")
     message = error_of(tmp_path / "base.bin", tmp_path / "lora.pt", **LORA)
     assert "missing LoRA tensors: h.1.attn.c_attn.lora_B" in message

@@ -285,7 +285,7 @@ def test_a_missing_reference_in_the_middle_is_named(tmp_path):
     (["-m", "bleurt"], ["bleurt: not implemented"]),
     (["-m", "rouge"], ["rouge: unknown metric"]),
     (["-lng", "ru"], ["-lng ru: only English"]),
-    (["-nr", "0"], ["at least 1"]),
+    (["-nr", "0"], ["-nr/--num_refs: must be a whole number >= 1"]),
 ])
 def test_unsupported_options_are_a_clear_error(tmp_path, flags, expected):
     args = write_case(tmp_path, "a\n", "a\n")

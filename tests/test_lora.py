@@ -90,8 +90,8 @@ def test_b_zero_gives_the_base_model_exactly():
     missing = adapted.load_state_dict(base.state_dict(), strict=False).missing_keys
     assert missing and all("lora_" in k for k in missing)
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    with torch.no_grad():
-        assert torch.equal(adapted(ids), base(ids))
+    with torch.no_grad():  # B = 0 adds an exact zero, but through other kernels: equal to float32 rounding
+        torch.testing.assert_close(adapted(ids), base(ids), rtol=1e-6, atol=1e-6)
 
 
 def test_merged_equals_unmerged_and_unmerge_restores_the_weights():
@@ -128,7 +128,10 @@ def test_q_and_v_change_and_k_does_not():
         out = layer(x)
     q, k, v = (out - base).split(D, dim=-1)
     assert q.abs().min() > 0 and v.abs().min() > 0
-    assert torch.equal(out[:, D:2 * D], base[:, D:2 * D])
+    # k gets no LoRA term; it is computed by another matmul than `base` (blocking, vector width and so the
+    # rounding change with the CPU: 9.5e-7 seen on one), so equal up to float32 rounding, far below q's and v's change
+    torch.testing.assert_close(out[:, D:2 * D], base[:, D:2 * D], rtol=1e-6, atol=1e-5)
+    assert k.abs().max() < 1e-3 * min(q.abs().mean(), v.abs().mean())
 
 
 def test_dropout_applies_to_the_input_of_a_only():

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "src"))
 
-from loranlg import generation_eval  # noqa: E402
+from loranlg import flags, generation_eval  # noqa: E402
 from loranlg.errors import InputError, run_cli  # noqa: E402
 
 DESCRIPTION = """\
@@ -32,7 +32,7 @@ short of FILE that ends with a newline is read as GenerationEval reads it: its l
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.Parser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-R", "--reference", required=True, metavar="PREFIX",
                         help="path prefix of the reference files: -R DIR/reference reads DIR/reference0, "
                              "DIR/reference1, ... (with -nr 1, PREFIX may also be the reference file itself, "
@@ -42,7 +42,7 @@ def parse_args(argv):
     parser.add_argument("-lng", "--language", default="en",
                         help="language of the texts (default en, the only one implemented; GenerationEval's "
                              "Russian scoring is not)")
-    parser.add_argument("-nr", "--num_refs", type=int, default=4, metavar="NR",
+    parser.add_argument("-nr", "--num_refs", type=flags.positive_int, default=4, metavar="NR",
                         help="number of reference files, reference0 .. reference{NR-1} (default 4, as "
                              "GenerationEval; the LoRA README passes 6)")
     parser.add_argument("-m", "--metrics", default=",".join(generation_eval.METRICS),

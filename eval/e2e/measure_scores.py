@@ -5,7 +5,6 @@ Same command line and output as the challenge's official measure_scores.py:
     python eval/e2e/measure_scores.py [-p] [-t] [-H] [--json] REF_FILE PRED_FILE
 """
 
-import argparse
 import ast
 import concurrent.futures
 import json
@@ -14,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "src"))
 
-from loranlg import coco_metrics, mteval  # noqa: E402
+from loranlg import coco_metrics, flags, mteval  # noqa: E402
 from loranlg.errors import InputError, run_cli  # noqa: E402
 from loranlg.files import read_lines  # noqa: E402
 
@@ -99,7 +98,7 @@ def format_block(scores):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         description="E2E NLG Challenge evaluation: BLEU and NIST (mteval-v13a definitions, in Python), "
                     "METEOR 1.5, ROUGE-L and CIDEr-D (MS-COCO caption code, needs Java).")
     parser.add_argument("-p", "--python", action="store_true",

@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from . import file_record
 from .errors import InputError
 from .files import atomic_output
 from .lora import LoRAQKV, SLICE_NAMES, lora_layers
@@ -49,6 +50,7 @@ def read_state_dict(path):
     """Any supported file -> {key: tensor} with keys relative to the transformer (`h.0.attn.c_attn.weight`),
     plus the tied head under 'lm_head.weight' when the file has one."""
     raw = read_tensors(path)
+    file_record.verify(raw, path)
     if isinstance(raw, dict):
         for wrapper in ("model_state_dict", "state_dict"):
             if isinstance(raw.get(wrapper), dict):
@@ -303,13 +305,13 @@ def save_lora(model, path):
     state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False, keep=is_lora_key).items()}
     if not state:
         raise ValueError("the model has no LoRA tensors (lora_dim 0); save it with save_full")
-    write_torch({"model_state_dict": state}, path)
+    write_torch(file_record.sealed({"model_state_dict": state}, unwrap(model).config), path)
 
 
 def save_full(model, path):
     """The whole model (LoRA unmerged) in the original's layout: {'model_state_dict': {'module.transformer.*'}}."""
     state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False).items()}
-    write_torch({"model_state_dict": state}, path)
+    write_torch(file_record.sealed({"model_state_dict": state}, unwrap(model).config), path)
 
 
 def save_model(model, path):

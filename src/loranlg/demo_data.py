@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from . import flags
 from .errors import InputError, run_cli
 from .files import atomic_output
 from .formats import _load_json, dart_examples, webnlg_examples, write_jsonl
@@ -93,17 +94,17 @@ def write_demo_data(task, source, out, contexts, holdout, unseen=DEFAULT_UNSEEN)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m loranlg.demo_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.Parser(prog="python -m loranlg.demo_data", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=("webnlg", "dart"), help="which data set")
     parser.add_argument("--source", required=True,
                         help="the dev split: WebNLG's dev.json (the LoRA code's layout) or DART's "
                              "dart-v1.1.1-full-dev.json")
     parser.add_argument("--out", required=True, help="the directory that receives the parts")
-    parser.add_argument("--contexts", type=int, default=100,
+    parser.add_argument("--contexts", type=flags.positive_int, default=100,
                         help="entries (WebNLG; half of them from the unseen categories) or triple sets (DART) in "
                              "the test part (default: 100)")
-    parser.add_argument("--holdout", type=int, default=20,
+    parser.add_argument("--holdout", type=flags.positive_int, default=20,
                         help="entries or triple sets kept out of training for the validation loss (default: 20)")
     parser.add_argument("--unseen", default=",".join(DEFAULT_UNSEEN),
                         help="WebNLG: comma-separated categories kept out of training, scored as unseen "

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from . import flags
+
 
 @dataclass
 class DistContext:

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 
+from . import flags
 from .errors import InputError, run_cli
 from .progress import Progress
 from .tokenizer import VOCAB_FILE_PAIRS
@@ -383,11 +384,9 @@ def fetch_raw(dest, url=None, source_dir=None, lines=None, sha256=None, timeout=
 # ---------------------------------------------------------------------------------------------- command line
 
 def main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m loranlg.download",
-                                     description="Download GPT-2 checkpoints or raw dataset files, resumably "
-                                                 "and verified (a .part file holds an unfinished download).")
+    parser = flags.Parser(prog="python -m loranlg.download",
+                          description="Download GPT-2 checkpoints or raw dataset files, resumably "
+                                      "and verified (a .part file holds an unfinished download).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ckpt = commands.add_parser("checkpoints", help="GPT-2 weights and vocabulary from the Hugging Face hub",
@@ -404,22 +403,22 @@ def main(argv=None):
                       help="where the vocabulary goes (default: --dir); nothing is fetched when it holds one already "
                            "(encoder.json + vocab.bpe, or vocab.json + merges.txt)")
     ckpt.add_argument("--force", action="store_true", help="download files that are already there again")
-    ckpt.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry (default 60)")
+    ckpt.add_argument("--timeout", type=flags.positive, default=60, help="seconds without data before a retry (default 60)")
 
     vocab = commands.add_parser("vocab", help="only the GPT-2 vocabulary (vocab.json + merges.txt, 1.5 MB)",
                                 description="vocab.json + merges.txt of openai-community/gpt2 from the hub "
                                             f"(${HUB_URL_VARIABLE} overrides {DEFAULT_HUB_URL}).")
     vocab.add_argument("--dir", default="pretrained_checkpoints", help="where to put them (default %(default)s)")
-    vocab.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry (default 60)")
+    vocab.add_argument("--timeout", type=flags.positive, default=60, help="seconds without data before a retry (default 60)")
 
     raw = commands.add_parser("raw", help="one raw dataset file",
                               description="Keep DEST if it exists; else copy it from --from; else download --url.")
     raw.add_argument("--dest", required=True, help="where the file must end up, e.g. data/e2e/train.txt")
     raw.add_argument("--url", help="where to download it from when it is neither there nor in --from")
     raw.add_argument("--from", dest="source_dir", help="a directory holding a file of the same name to copy")
-    raw.add_argument("--lines", type=int, help="the number of lines a copied or downloaded file must have")
+    raw.add_argument("--lines", type=flags.positive_int, help="the number of lines a copied or downloaded file must have")
     raw.add_argument("--sha256", help="the sha256 the file must have (checked on every source)")
-    raw.add_argument("--timeout", type=float, default=60, help="seconds without data before a retry (default 60)")
+    raw.add_argument("--timeout", type=flags.positive, default=60, help="seconds without data before a retry (default 60)")
 
     args = parser.parse_args(argv)
     try:

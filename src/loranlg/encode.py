@@ -8,6 +8,7 @@ library, so the 42k-line E2E train split takes seconds.
 import json
 import sys
 
+from . import flags
 from .errors import InputError
 from .files import atomic_output, read_jsonl
 from .tokenizer import EOT_ID, GPT2BPE
@@ -53,15 +54,15 @@ def encode_file(vocab_dir, input_path, output_path, add_bos=False, add_eos=False
             for record in encode_pairs(bpe, batch, add_bos, add_eos):
                 out.write(json.dumps(record) + "\n")
             count += len(batch)
+        if not count:
+            raise InputError(f"no examples in the input, so no output ({output_path} not written)", input_path)
     print(f"{input_path} -> {output_path}: {count} examples", file=sys.stderr)
     return count
 
 
 def encode_main(argv=None):
     """The `gpt2_encode.py` command."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog="gpt2_encode.py",
         description='Encode a formatted jsonl ({"context": text, "completion": text} a line) into GPT-2 BPE ids: '
                     '{"context": ids, "completion": ids} a line; the completion is encoded with a leading space.')

@@ -2,9 +2,15 @@
 
 import sys
 
+EXIT_INPUT_ERROR = 2
+EXIT_FAULT = 1
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports a killed command
+
 
 class InputError(Exception):
     """A problem with what the user gave us (a file, a flag, a checkpoint), not a bug of ours."""
+
+    exit_code = EXIT_INPUT_ERROR
 
     def __init__(self, message, path=None, line=None):
         super().__init__(message)
@@ -19,13 +25,36 @@ class InputError(Exception):
         return where + self.message
 
 
-EXIT_INPUT_ERROR = 2
+class RunError(InputError):
+    """The run could not go on, through no fault of its input: a full disk, a non-finite loss. Exit code 1."""
+    exit_code = EXIT_FAULT
+
+
+class DiskFull(RunError):
+    """No space left (or over quota) while writing `path`; a file of that name from before is kept."""
+
+    def __init__(self, path, detail="no space left on the device"):
+        super().__init__(f"{detail} while writing this file (nothing was written under its name; an earlier "
+                         "file of that name is kept)", path)
+
+
+class Interrupted(RunError):
+    """Ctrl-C (SIGINT) or SIGTERM: exit code 130 or 143."""
+
+    def __init__(self, message, exit_code=EXIT_SIGINT):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def run_cli(main, argv=None):
-    """Run a command's main(argv); an InputError becomes one 'error:' line on stderr and exit code 2."""
+    """Run a command's main(argv); an InputError becomes one 'error:' line on stderr and its exit code (2 for bad
+    input, 1 for a fault such as a full disk, 130 / 143 when interrupted); Ctrl-C elsewhere exits 130."""
     try:
         return main(argv)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_INPUT_ERROR)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); outputs are written only when complete, so none was left half-written",
+              file=sys.stderr)
+        sys.exit(EXIT_SIGINT)

@@ -1,36 +1,89 @@
 """Reading and writing the pipeline's files: JSON lines with located errors, outputs written atomically."""
 
 import contextlib
+import errno
 import json
 import os
+import re
+import socket
 import tempfile
 
-from .errors import InputError
+from .errors import DiskFull, InputError
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+TEMP_PREFIX = ".tmp-"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
 @contextlib.contextmanager
 def atomic_output(path, mode="w", encoding="utf-8"):
     """Write to a temporary file beside `path`; rename it into place only if the block succeeds.
 
-    A crash or an exception never leaves a partial file under the final name.
+    A crash or an exception never leaves a partial file under the final name. The temporary file's name
+    carries this host and process, so the next writer of `path` removes what a killed writer left. A full
+    disk is a DiskFull error naming `path`.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError("is a directory; give a file name for this output", path)
     directory = os.path.dirname(os.path.abspath(path))
+    prefix = f"{TEMP_PREFIX}{os.path.basename(path)}."
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+        make_dirs(directory, "cannot write here", path)
+        remove_stale_temporaries(directory, prefix)
+        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{_HOST}.{os.getpid()}.", dir=directory)
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes it 0600; give it a normal file's mode
     except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(path) from None
         raise InputError(f"cannot write here: {err.strerror}", path) from None
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if is_disk_full(err):
+            raise DiskFull(path) from None
+        if isinstance(err, IsADirectoryError):  # a directory appeared under the name while we wrote
+            raise InputError("is a directory; give a file name for this output", path) from None
         raise
+
+
+def remove_stale_temporaries(directory, prefix):
+    """Delete `prefix`HOST.PID.* files of this host whose process is gone (a writer killed mid-way)."""
+    for name in os.listdir(directory):
+        if not name.startswith(prefix):
+            continue
+        fields = name[len(prefix):].split(".")
+        if len(fields) >= 3 and fields[0] == _HOST and fields[1].isdigit() and not process_alive(int(fields[1])):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def is_disk_full(err):
+    """Whether `err`, or an error it arose from, is 'no space left on device' (or 'quota exceeded'); torch.save
+    reports a full disk as a RuntimeError ('unexpected pos ...') raised while handling the OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _current_umask():
@@ -39,14 +92,41 @@ def _current_umask():
     return mask
 
 
+def make_dirs(path, failing="cannot create the directory", named=None):
+    """os.makedirs, with a clear error naming `named` (default: path) when a parent is a file (instead of
+    'File exists' / 'Not a directory')."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        parent = os.path.abspath(path)
+        while parent != os.path.dirname(parent) and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        raise InputError(f"{failing}: {parent} is a file, not a directory", named or path) from None
+
+
 def check_writable_dir(path):
     """Fail early (before hours of work) when an output directory cannot be created or written."""
     try:
-        os.makedirs(path, exist_ok=True)
+        make_dirs(path)
     except OSError as err:
         raise InputError(f"cannot create the directory: {err.strerror}", path) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise InputError("the directory is not writable", path)
+
+
+@contextlib.contextmanager
+def output_dir(path):
+    """check_writable_dir(path) for the block; when the block fails and the directory was made for it, it is
+    removed again if still empty (a refused run leaves nothing behind)."""
+    existed = os.path.isdir(path)
+    check_writable_dir(path)
+    try:
+        yield path
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only an empty directory goes
+        raise
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ with file:line instead of crashing, and no output file is written.
 import json
 import sys
 
+from . import flags
 from .errors import InputError
 from .files import atomic_output, open_input, read_lines
 
@@ -98,30 +99,33 @@ def dart_examples(path):
             yield {"context": source, "completion": _field(annotation, "text", path, f"{where}['annotations'][{k}]")}
 
 
-def write_jsonl(examples, output_path):
+def write_jsonl(examples, output_path, source=None):
     """Write examples one JSON object a line (the original's json.dumps defaults); returns how many.
 
-    The output appears only when every example was read without error.
+    The output appears only when every example was read without error, and there was at least one (an empty
+    output would only fail a later stage); `source` names the input in that error.
     """
     count = 0
     with atomic_output(output_path) as out:
         for example in examples:
             out.write(json.dumps(example) + "\n")
             count += 1
+        if not count:
+            raise InputError(f"no examples in the input, so no output ({output_path} not written)", source)
     return count
 
 
 def convert(kind, input_path, output_path):
     """Convert one raw file of `kind` ('e2e', 'webnlg' or 'dart'); returns the number of examples written."""
     if kind == "e2e":
-        count = write_jsonl(e2e_examples(input_path), output_path)
+        count = write_jsonl(e2e_examples(input_path), output_path, input_path)
     elif kind == "webnlg":
         categories = {}
-        count = write_jsonl(webnlg_examples(input_path, categories), output_path)
+        count = write_jsonl(webnlg_examples(input_path, categories), output_path, input_path)
         for category, entries in categories.items():
             print("cate", category, entries, file=sys.stderr)
     elif kind == "dart":
-        count = write_jsonl(dart_examples(input_path), output_path)
+        count = write_jsonl(dart_examples(input_path), output_path, input_path)
     else:
         raise ValueError(f"unknown dataset kind {kind!r}")
     print(f"{input_path} -> {output_path}: {count} examples", file=sys.stderr)
@@ -130,12 +134,10 @@ def convert(kind, input_path, output_path):
 
 def converter_main(kind, argv=None):
     """The `format_converting_<kind>.py IN OUT` commands."""
-    import argparse
-
     sources = {"e2e": "an E2E raw file, one '<MR>||<text>' a line (e.g. data/e2e/train.txt)",
                "webnlg": "a WebNLG 2017 JSON file as the LoRA code ships it (e.g. data/webnlg_challenge_2017/dev.json)",
                "dart": "a DART v1.1.1 JSON file (e.g. data/dart/dart-v1.1.1-full-dev.json)"}
-    parser = argparse.ArgumentParser(
+    parser = flags.Parser(
         prog=f"format_converting_{kind}.py",
         description=f"Convert {sources[kind].split(' (')[0]} into formatted JSON lines: one "
                     '{"context": ..., "completion": ...} object a line'

@@ -5,13 +5,18 @@ epoch), the trainable weights and their accumulated gradients, the optimizer, sc
 states, and per rank its random generators and the losses of an unfinished accumulation.
 """
 
+import os
 import random
+import re
 
 import torch
 
+from . import file_record
+from .checkpoint import first_line
 from .distributed import gather_objects
 from .errors import InputError
 from .files import atomic_output
+from .model import unwrap
 
 RESUME_FILE = "resume.pt"
 # Settings a resumed run must share with the run that wrote the resume file.
@@ -59,13 +64,46 @@ def save_resume(path, settings, position, model, optimizer, schedule, scaler, mi
         "ranks": ranks,
     }
     with atomic_output(path, "wb") as handle:
-        torch.save(state, handle)
+        torch.save(file_record.sealed(state, unwrap(model).config), handle)
+
+
+def read_resume(path):
+    """resume.pt's content; a damaged file (truncated, changed) is an error naming the last good model file."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        file_record.verify(saved, path)
+    except Exception as err:  # noqa: BLE001 - whatever torch.load says about a damaged file
+        reason = err.message if isinstance(err, InputError) else first_line(err)
+        last = last_checkpoint(os.path.dirname(path))
+        after = (f"the last good checkpoint is {last}: train on from its weights as a new run (--lora_checkpoint, "
+                 "or --init_checkpoint after full fine-tuning), or" if last else "no model.{step}.pt to fall back on:")
+        raise InputError(f"cannot resume, the file is damaged ({reason}); {after} delete it to start again from "
+                         "step 0", path) from None
+    return saved
+
+
+def last_checkpoint(work_dir, up_to=None):
+    """The model.{step}.pt of work_dir with the highest step (at most up_to) that reads and passes its checksum,
+    or None."""
+    steps = []
+    for name in os.listdir(work_dir) if os.path.isdir(work_dir) else ():
+        match = re.fullmatch(r"model\.(\d+)\.pt", name)
+        if match and (up_to is None or int(match.group(1)) <= up_to):
+            steps.append(int(match.group(1)))
+    for step in sorted(steps, reverse=True):
+        path = os.path.join(work_dir, f"model.{step}.pt")
+        try:
+            file_record.verify(torch.load(path, map_location="cpu", weights_only=True), path)
+        except Exception:  # noqa: BLE001 - damaged too: look further back
+            continue
+        return path
+    return None
 
 
 def load_resume(path, settings, model, optimizer, schedule, scaler, ctx, train_set, valid_set):
     """Restore what save_resume wrote; returns (position, micro_losses on ctx.device). Refuses a file of
-    other settings."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    other settings, and a damaged one."""
+    saved = read_resume(path)
     changed = [f"--{k} {saved['settings'].get(k)} -> {v}" for k, v in settings.items()
                if saved["settings"].get(k) != v]
     if changed:

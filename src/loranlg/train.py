@@ -11,14 +11,16 @@ eval points, where the metrics records of the steps since the last read are writ
 
 import math
 import os
+import signal
 import time
 
 import torch
 
 from . import data, optim
 from .distributed import all_reduce_mean, barrier
-from .errors import InputError
-from .resume import RESUME_FILE, load_resume, resume_settings, save_resume
+from .errors import InputError, Interrupted, RunError
+from .resume import RESUME_FILE, last_checkpoint, load_resume, resume_settings, save_resume
+from .run_guard import StopRequest
 from .train_log import MetricsLog, StepLosses, training_progress
 from .train_step import SpeedOptions, make_step
 
@@ -90,6 +92,7 @@ class TrainingRun:
         self.train_step, self.epoch, self.batch_in_epoch, self.finished = 0, 1, 0, False
         self.micro_losses = []  # of the accumulation under way
         self.resume_path = os.path.join(args.work_dir, RESUME_FILE)
+        self.last_model = self.resume_step = None  # this run's last model.{step}.pt and resume.pt
         self.settings = resume_settings(args, ctx.world_size, self.max_step)
 
     def say(self, *lines, **kwargs):
@@ -106,6 +109,7 @@ class TrainingRun:
                                                       self.step.optimizer, self.schedule, self.step.scaler,
                                                       self.ctx, self.train_set, self.valid_set)
             self.train_step, self.epoch = position["train_step"], position["epoch"]
+            self.last_model, self.resume_step = last_checkpoint(self.args.work_dir, self.train_step), self.train_step
             self.batch_in_epoch, self.finished = position["batch_in_epoch"], position["finished"]
             self.say(f"resumed from {self.resume_path} at step {self.train_step} (epoch {self.epoch}, batch "
                      f"{self.batch_in_epoch})")
@@ -124,32 +128,52 @@ class TrainingRun:
         self.losses = StepLosses(self.metrics, ctx, args.grad_acc)
         self.best_ppl = self.valid_loss = None
         self.log_due = None  # (train_step, batch number, epoch, lr) of a log line whose losses are being read
-        last_saved = last_evaluated = None
-        stopped = False
         self.model.train()
         try:
-            while not stopped:
-                batches = data.batch_indices(self.train_sampler, args.train_batch_size, epoch=self.epoch)
-                for number, batch in data.iterate_batches(self.train_set, batches, self.batch_in_epoch, ctx.device,
-                                                          **self.step.layout):
-                    self.train_batch(number, batch)
-                    if self.train_step % args.save_interval == 0:
-                        self.save()
-                        last_saved = self.train_step
-                    if self.train_step % args.eval_interval == 0:
-                        self.run_eval()
-                        last_evaluated = self.train_step
-                    if self.train_step in (self.max_step, stop_after_step):
-                        break
-                stopped = (self.train_step in (self.max_step, stop_after_step)
-                           or bool(args.max_epoch and self.epoch >= args.max_epoch))
-                if not stopped:
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            with StopRequest() as request:
+                stopped = self.run_steps(stop_after_step, request)
+                if request.signum is not None and stopped == "signal":
+                    self.stop_on_signal(request.signum)
+        except Interrupted:
+            raise
+        except RunError as err:  # a full disk, a non-finite loss: say what is kept
+            raise RunError(f"{err.message}; {self.kept()}", err.path) from None
+        finally:
+            self.metrics.close()
+        graphs = self.step.graphs
+        if graphs:
+            self.say(f"CUDA graphs: {graphs} batch shapes captured")
+        return {"train_step": self.train_step, "max_step": self.max_step, "valid_loss": self.valid_loss,
+                "stopped": bool(stopped), "graphs": graphs}
+
+    def run_steps(self, stop_after_step, request):
+        """The steps to the end, or to stop_after_step, or to a signal ("signal"); the end's eval and save.
+        Returns whether (and why) the run stopped early."""
+        args, ctx = self.args, self.ctx
+        last_saved = last_evaluated = None
+        stopped = False
+        while not stopped:
+            batches = data.batch_indices(self.train_sampler, args.train_batch_size, epoch=self.epoch)
+            for number, batch in data.iterate_batches(self.train_set, batches, self.batch_in_epoch, ctx.device,
+                                                      **self.step.layout):
+                self.train_batch(number, batch)
+                if self.train_step % args.save_interval == 0:
+                    self.save()
+                    last_saved = self.train_step
+                if self.train_step % args.eval_interval == 0:
+                    self.run_eval()
+                    last_evaluated = self.train_step
+                if self.train_step in (self.max_step, stop_after_step):
+                    break
+                if request.agreed(ctx, self.train_step, args.log_interval):
+                    stopped = "signal"
+                    break
+            stopped = stopped or (self.train_step in (self.max_step, stop_after_step)
+                                  or bool(args.max_epoch and self.epoch >= args.max_epoch))
+            if not stopped:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        if stopped != "signal":
             stopped = self.train_step == stop_after_step and self.train_step < self.max_step
-        except KeyboardInterrupt:
-            stopped = True
-            self.say("-" * 100)
-            self.say("Exiting from training early")
         self.read_losses()
         self.progress.finish()
         if not stopped:
@@ -159,12 +183,22 @@ class TrainingRun:
             self.say("End of training")
             if last_saved != self.train_step:
                 self.save(final=True)
-        self.metrics.close()
-        graphs = self.step.graphs
-        if graphs:
-            self.say(f"CUDA graphs: {graphs} batch shapes captured")
-        return {"train_step": self.train_step, "max_step": self.max_step, "valid_loss": self.valid_loss,
-                "stopped": stopped, "graphs": graphs}
+        return stopped
+
+    def stop_on_signal(self, signum):
+        """Ctrl-C / SIGTERM: save resume.pt at this step (no model file), say how to go on, exit 128 + signum."""
+        self.save_resume(final=False)
+        name = signal.Signals(signum).name
+        command = getattr(self.args, "resume_command", None) or "the same command with --resume"
+        raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; its state is "
+                          f"saved in {self.resume_path}. Continue with: {command}", exit_code=128 + signum)
+
+    def kept(self):
+        """What a failed run leaves to go on from."""
+        if self.last_model is None:
+            return "no checkpoint of this run was written"
+        return (f"the last good checkpoint is kept: {self.last_model}"
+                + (f" (and {self.resume_path} of step {self.resume_step})" if self.resume_step is not None else ""))
 
     def train_batch(self, number, batch):
         """One micro-batch through the step; its loss recorded, the schedule stepped, a log line due."""
@@ -203,16 +237,25 @@ class TrainingRun:
         self.losses.read_now()
 
     def save(self, final=False):
-        """model.{step}.pt and resume.pt (every rank calls it)."""
+        """model.{step}.pt and resume.pt (every rank calls it); never weights that are not finite."""
         self.read_losses()
+        if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
+            raise RunError(f"the weights are not finite (nan or inf) after step {self.train_step}: the run stopped "
+                           "without saving them (a too high --lr?)")
         path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
         if self.ctx.is_main:
             self.say(f"saving checkpoint {path}")
             self.save_checkpoint(self.model, path)
+            self.last_model = path
+        self.save_resume(final)
+
+    def save_resume(self, final):
+        self.read_losses()
         position = {"train_step": self.train_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                     "finished": final}
         save_resume(self.resume_path, self.settings, position, self.model, self.step.optimizer, self.schedule,
                     self.step.scaler, self.micro_losses, self.ctx, self.train_set, self.valid_set)
+        self.resume_step = self.train_step
         barrier(self.ctx)
         self.losses.restart_clock()
 

@@ -7,14 +7,18 @@ Reading at once would leave the GPU idle while the host writes records and prepa
 (about 0.2 ms a step at 20 steps between reads, measured on an H100).
 """
 
+import contextlib
 import datetime
 import json
+import math
 import os
+import sys
 import time
 
 import torch
 
-from .files import atomic_output
+from .errors import DiskFull, RunError
+from .files import atomic_output, is_disk_full
 from .progress import Progress
 
 
@@ -26,18 +30,42 @@ class MetricsLog:
         self.handle = None
         if not enabled:
             return
+        self.path = path
         kept = []
         if keep_until_step is not None and os.path.exists(path):
-            with open(path, encoding="utf-8") as old:
-                kept = [line for line in old if line.strip() and json.loads(line)["step"] <= keep_until_step]
+            kept = [line for line in self.records(path) if json.loads(line)["step"] <= keep_until_step]
         with atomic_output(path) as out:
             out.writelines(kept)
         self.handle = open(path, "a", encoding="utf-8")
 
+    @staticmethod
+    def records(path):
+        """The lines of an earlier metrics.jsonl; a torn line (a write cut off by a crash) is dropped with a note."""
+        with open(path, encoding="utf-8", errors="replace") as old:
+            for number, line in enumerate(old, start=1):
+                try:
+                    record = json.loads(line) if line.strip() else None
+                    complete = isinstance(record, dict) and "step" in record and line.endswith("\n")
+                except json.JSONDecodeError:
+                    complete = False
+                if complete:
+                    yield line
+                elif line.strip():
+                    print(f"note: {path}:{number}: dropped a torn line (a write cut off when the run stopped)",
+                          file=sys.stderr)
+
     def write(self, record):
         if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
+            try:
+                self.handle.write(json.dumps(record) + "\n")
+                self.handle.flush()
+            except OSError as err:
+                handle, self.handle = self.handle, None
+                with contextlib.suppress(OSError):
+                    handle.close()
+                if is_disk_full(err):
+                    raise DiskFull(self.path) from None
+                raise RunError(f"cannot write: {err.strerror}", self.path) from None
 
     def close(self):
         if self.handle:
@@ -113,6 +141,10 @@ class StepLosses:
             return
         read, self.reading = self.reading, None
         values = read.values()
+        for (step, update, *_), value in zip(read.entries, values):
+            if not math.isfinite(value):
+                raise RunError(f"the training loss is {value} at step {step} (update {update}): the run stopped "
+                               "(a too high --lr? bad data?)")
         now = time.perf_counter()
         ms = (now - self.clock) * 1000.0 / max(1, read.micro) * self.grad_acc
         self.clock = now
