@@ -13,7 +13,8 @@ import sys
 # Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
-from loranlg.flags import FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args
+from loranlg.flags import (FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args, add_lora_variant_args,
+                           check_lora_variant_args)
 
 
 def build_parser():
@@ -36,6 +37,8 @@ def build_parser():
     model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank r; 0 = full fine-tuning (0)")
     model.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha; scaling = alpha / r (128)")
     model.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input (0.0)")
+    add_lora_variant_args(parser.add_argument_group("LoRA variants (docs/lora-variants.md; the defaults are the "
+                                                    "paper's)"))
     run = parser.add_argument_group("run")
     run.add_argument("--grad_acc", type=int, default=1, help="micro-batches per optimizer update (1)")
     run.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this; 0 = no clipping")
@@ -100,13 +103,19 @@ def check_args(args):
         raise InputError("give --max_step or --max_epoch (the run needs an end)")
     if args.max_step is not None and args.max_step < 1:
         raise InputError(f"--max_step must be at least 1, got {args.max_step}")
+    try:
+        check_lora_variant_args(args)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if args.lora_dim == 0 and args.lora_plus_ratio != 1.0:
+        raise InputError("--lora_plus_ratio sets B's learning rate: it needs LoRA (--lora_dim above 0)")
 
 
 def build(args, ctx, log):
     """The model on ctx.device: random weights drawn on the CPU from --random_seed, then the checkpoints."""
     import torch
 
-    from loranlg.loading import load_model
+    from loranlg.loading import load_model, variant_kwargs
     from loranlg.model import describe_trainable
 
     torch.manual_seed(args.random_seed)
@@ -116,7 +125,7 @@ def build(args, ctx, log):
     else:
         log(f"loading pretrained weights from {args.init_checkpoint}")
     model = load_model(args.model_card, args.lora_dim, args.lora_alpha, args.lora_dropout, args.init_checkpoint,
-                       args.lora_checkpoint)
+                       args.lora_checkpoint, **variant_kwargs(args))
     log(describe_trainable(model))
     return model.to(ctx.device)
 

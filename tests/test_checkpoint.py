@@ -147,7 +147,9 @@ def test_lora_only_file_in_the_original_layout_plus_base(tmp_path):
     torch.save(hub_legacy_state(base), tmp_path / "base.bin")
     save_lora(trained, tmp_path / "model.1000.pt")
     saved = torch.load(tmp_path / "model.1000.pt", weights_only=True)
-    assert set(saved) == {"model_state_dict"}
+    assert set(saved) == {"model_state_dict", "loranlg"}  # our settings entry; the original reads the other
+    assert saved["loranlg"] == {"version": 1, "lora_targets": "q,v", "lora_scaling": "alpha_over_r", "dora": False,
+                                "lora_init": "kaiming"}
     assert set(saved["model_state_dict"]) == {f"module.transformer.h.{i}.attn.c_attn.lora_{m}"
                                               for i in range(2) for m in "AB"}
     assert all(v.dtype == torch.float32 for v in saved["model_state_dict"].values())
