@@ -213,17 +213,17 @@ def test_gaussian_init_draws_a_with_std_one_over_r():
 def peft_layer(ours, dropout=0.0, dora=False, rs=False):
     """peft's lora.Linear on a transformers Conv1D holding our weights, loaded from peft_tensors()."""
     pytest.importorskip("peft")
-    from peft import LoraConfig
-    from peft.tuners.lora import Linear as PeftLinear
+    from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D as HubConv1D
 
     tensors = ours.peft_tensors()
     rank = tensors["lora_A"].shape[0]
-    base = HubConv1D(ours.weight.shape[1], ours.weight.shape[0])
+    holder = torch.nn.Module()
+    holder.layer = base = HubConv1D(ours.weight.shape[1], ours.weight.shape[0])
     alpha = tensors["scaling"] * (math.sqrt(rank) if rs else rank)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, fan_in_fan_out=True, use_rslora=rs,
-                        use_dora=dora)
-    layer = PeftLinear(base, "default", config, r=rank, lora_alpha=alpha).to(ours.weight.dtype)
+                        use_dora=dora, target_modules=["layer"])
+    layer = get_peft_model(holder, config).base_model.model.layer.to(ours.weight.dtype)
     with torch.no_grad():
         base.weight.copy_(ours.unmerged_weight())
         base.bias.copy_(ours.bias)
