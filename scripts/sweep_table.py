@@ -54,8 +54,9 @@ def table(cells, note=None):
         trainable = "-" if cell["trainable"] is None else f"{cell['trainable']:,}"
         lines.append(f"| {cell['targets']} | {cell['rank']} | {trainable} | {number(cell['valid_loss'], 3)} | "
                      + " | ".join(scores) + " |")
-    lines += ["", "Targets as --lora_targets names them: q, k, v (slices of attn.c_attn), o (attn.c_proj), fc (mlp.c_fc),"
-              " proj (mlp.c_proj); all = every one (docs/lora-variants.md). Validation loss: the last one of the run."]
+    lines += ["", "Targets as --lora_targets names them: q, k, v (slices of attn.c_attn), o (attn.c_proj), "
+              "fc (mlp.c_fc), proj (mlp.c_proj); all = every one (docs/lora-variants.md). Validation loss: the last "
+              "one of the run."]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ import sys
 # Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
-from loranlg.flags import (FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args, add_lora_variant_args,
-                           check_lora_variant_args)
+from loranlg.flags import (FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args,
+                           add_lora_variant_args, check_lora_variant_args)
 
 
 def build_parser():

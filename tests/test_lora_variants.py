@@ -94,28 +94,25 @@ def test_the_defaults_build_todays_model_bit_for_bit():
 
 # ---------------------------------------------------------------- each variant against its formula
 
-def random_conv(kind=LoRAConv1D, dropout=0.0, scaling="alpha_over_r", n_in=D, n_out=2 * D, seed=0):
-    torch.manual_seed(seed)
-    layer = kind(n_in, n_out, R, ALPHA, dropout, scaling)
+def randomized(layer):
+    """Weights, bias and B drawn N(0, 1) (a trained-looking update); DoRA's magnitudes away from their start."""
     with torch.no_grad():
         layer.weight.normal_()
         layer.bias.normal_()
         layer.lora_B.normal_()
-        if kind is DoRAConv1D:
-            layer.lora_magnitude.mul_(1 + 0.3 * torch.rand(n_out))
+        if hasattr(layer, "lora_magnitude"):
+            layer.lora_magnitude.mul_(1 + 0.3 * torch.rand(layer.lora_magnitude.shape))
     return layer
+
+
+def random_conv(kind=LoRAConv1D, dropout=0.0, scaling="alpha_over_r", n_in=D, n_out=2 * D, seed=0):
+    torch.manual_seed(seed)
+    return randomized(kind(n_in, n_out, R, ALPHA, dropout, scaling))
 
 
 def random_qkv(kind=LoRAQKV, slices=(True, False, True), dropout=0.0, scaling="alpha_over_r", seed=0):
     torch.manual_seed(seed)
-    layer = kind(D, R, ALPHA, dropout, slices, scaling)
-    with torch.no_grad():
-        layer.weight.normal_()
-        layer.bias.normal_()
-        layer.lora_B.normal_()
-        if kind is DoRAQKV:
-            layer.lora_magnitude.mul_(1 + 0.3 * torch.rand(layer.lora_magnitude.shape))
-    return layer
+    return randomized(kind(D, R, ALPHA, dropout, slices, scaling))
 
 
 @pytest.mark.parametrize("scaling", ["alpha_over_r", "rs"])

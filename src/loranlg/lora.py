@@ -67,6 +67,20 @@ class LoRALayer(nn.Module):
 
     lora_layer = True  # what lora_layers() looks for
 
+    def add_lora(self, n_in, a_rows, b_rows, r, alpha, dropout, scaling, init):
+        """lora_A [a_rows, n_in] drawn per `init`, lora_B [b_rows, r] zero, the scaling, dropout on A's input."""
+        self.scaling = lora_scaling(alpha, r, scaling)
+        self.init = init
+        self.lora_A = nn.Parameter(torch.empty(a_rows, n_in))
+        self.lora_B = nn.Parameter(torch.zeros(b_rows, r))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_lora()
+
+    def reset_lora(self):
+        # The released code's init by default (the paper's text says Gaussian): A as nn.Linear's default, B zero.
+        init_lora_A(self.lora_A, self.r, self.init)
+        nn.init.zeros_(self.lora_B)
+
     def frozen(self, x):
         return F.linear(x, self.weight.t(), self.bias)
 
@@ -106,17 +120,7 @@ class LoRAQKV(LoRALayer):
         self.merged = False
         if r > 0:
             n = len(self.enabled)
-            self.scaling = lora_scaling(alpha, r, scaling)
-            self.init = init
-            self.lora_A = nn.Parameter(torch.empty(n * r, d))
-            self.lora_B = nn.Parameter(torch.zeros(n * d, r))
-            self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-            self.reset_lora()
-
-    def reset_lora(self):
-        # The released code's init by default (the paper's text says Gaussian): A as nn.Linear's default, B zero.
-        init_lora_A(self.lora_A, self.r, self.init)
-        nn.init.zeros_(self.lora_B)
+            self.add_lora(d, n * r, n * d, r, alpha, dropout, scaling, init)
 
     def delta_weight(self):
         """The merged update in the weight's [in, out] layout: scaling * (B_s A_s)^T in each enabled slice."""

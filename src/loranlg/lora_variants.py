@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .flags import MODULE_TARGETS, QKV_TARGETS, targets_text
-from .lora import LoRALayer, LoRAQKV, init_lora_A, lora_scaling
+from .lora import LoRALayer, LoRAQKV
 
 DEFAULT_SETTINGS = {"lora_targets": "q,v", "lora_scaling": "alpha_over_r", "dora": False, "lora_init": "kaiming"}
 
@@ -42,19 +42,11 @@ class LoRAConv1D(LoRALayer):
 
     def __init__(self, n_in, n_out, r, alpha=1, dropout=0.0, scaling="alpha_over_r", init="kaiming"):
         super().__init__()
-        self.r, self.init, self.merged = r, init, False
+        self.r, self.merged = r, False
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out))
         nn.init.normal_(self.weight, std=0.02)
-        self.scaling = lora_scaling(alpha, r, scaling)
-        self.lora_A = nn.Parameter(torch.empty(r, n_in))
-        self.lora_B = nn.Parameter(torch.zeros(n_out, r))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.reset_lora()
-
-    def reset_lora(self):
-        init_lora_A(self.lora_A, self.r, self.init)
-        nn.init.zeros_(self.lora_B)
+        self.add_lora(n_in, r, n_out, r, alpha, dropout, scaling, init)
 
     def delta_weight(self):
         """scaling * (B A)^T, in the weight's [in, out] layout."""
