@@ -2,6 +2,7 @@
 recipe), batch 8, E2E valid.txt encoded as the training data, at fp32 and bf16.
 
     python bench/bench_train.py [--shared ../shared] [--steps 400] [--warmup 600] [--precisions fp32,bf16]
+                                [--variants default,qkvo,dora]     LoRA variants side by side (VARIANTS)
     torchrun --nproc_per_node=2 bench/bench_train.py ...       # the same per GPU, on 2 GPUs
 
 It runs loranlg.train.train itself (the whole step: data, forward, loss, backward, Adam, schedule) and reads
@@ -61,6 +62,12 @@ MODES = {"eager": SpeedOptions(cuda_graphs=False, compile="off"), "graph": Speed
          "graph+compile-optimizer-combo": SpeedOptions(compile_optimizer=False, inductor_options={})}
 
 
+# --variants: gpt2_ft.py's LoRA variant flags per row (docs/lora-variants.md); default is the paper's q,v.
+VARIANTS = {"default": [], "qkvo": ["--lora_targets", "q,k,v,o"], "all": ["--lora_targets", "all"],
+            "dora": ["--dora"], "qkvo-dora": ["--lora_targets", "q,k,v,o", "--dora"], "rs": ["--lora_scaling", "rs"],
+            "lora_plus": ["--lora_plus_ratio", "16"]}
+
+
 class StepHook:
     """While active, every CUDA-graph step of the training loop goes through self.call(original, step, batch)."""
 
@@ -105,13 +112,14 @@ class ReplayTimes(StepHook):
                 "warmup_peak": self.warmup_peak}
 
 
-def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph", layout="packed"):
+def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, steps, mode="graph", layout="packed",
+            variant="default"):
     argv = ["--train_data", data, "--valid_data", small_valid, "--model_card", card, "--lora_dim", "4",
             "--lora_alpha", "32", "--lora_dropout", "0.1", "--label_smooth", "0.1", "--train_batch_size", str(batch),
             "--lr", "2e-4", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
             "--warmup_step", "500", "--random_seed", "110", "--precision", precision,
             "--max_step", str(warmup + steps), "--log_interval", str(LOG_EVERY), "--eval_interval", "1000000",
-            "--save_interval", "1000000", "--work_dir", work_dir]
+            "--save_interval", "1000000", "--work_dir", work_dir, *VARIANTS[variant]]
     speed = dataclasses.replace(MODES[mode], graph_layout=layout)
     if ctx.device.type == "cpu":
         argv += ["--device", "cpu"]
@@ -163,6 +171,9 @@ def main():
     parser.add_argument("--layouts", default="packed",
                         help="comma-separated batch layouts of the CUDA-graph modes: packed (gpt2_ft.py's), "
                              "padded (one example a row) (packed)")
+    parser.add_argument("--variants", default="default",
+                        help=f"comma-separated LoRA variants, of {', '.join(VARIANTS)}: default is the paper's q,v; "
+                             "qkvo: --lora_targets q,k,v,o; dora: --dora on q,v; ... (default)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when there is one)")
     parser.add_argument("--baseline", choices=("auto", "on", "off"), default="auto",
                         help="also time transformers + peft (bench/hf_baseline.py train) at each precision, same "
@@ -173,7 +184,11 @@ def main():
     opts = parser.parse_args()
     if opts.warmup % LOG_EVERY or opts.steps % LOG_EVERY:
         parser.error(f"--warmup and --steps must be multiples of {LOG_EVERY}")
-    combinations = [(mode, layout, precision) for mode in opts.modes.split(",")
+    unknown = [v for v in opts.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown --variants {', '.join(unknown)} (of {', '.join(VARIANTS)})")
+    combinations = [(mode, layout, precision, variant) for variant in opts.variants.split(",")
+                    for mode in opts.modes.split(",")
                     for layout in (opts.layouts.split(",") if mode != "eager" else ["padded"])
                     for precision in opts.precisions.split(",")]
     if len(combinations) > 1 and "LOCAL_RANK" not in os.environ:
@@ -196,11 +211,11 @@ def main():
             paths = [data, small_valid]
             torch.distributed.broadcast_object_list(paths, src=0)  # every rank reads rank 0's files
             data, small_valid = paths
-        for mode, layout, precision in combinations:
-            work = os.path.join(tmp, f"run-{mode}-{layout}-{precision}")
+        for mode, layout, precision, variant in combinations:
+            work = os.path.join(tmp, f"run-{mode}-{layout}-{precision}-{variant}")
             result = measure(ctx, data, small_valid, work, opts.model_card, precision, opts.batch,
-                             opts.warmup, opts.steps, mode, layout)
-            rows.append((mode, layout, precision, result))
+                             opts.warmup, opts.steps, mode, layout, variant)
+            rows.append((mode, layout, precision, variant, result))
     if ctx.is_main and opts.json:
         for row in rows:
             print("ROW " + json.dumps(row))
@@ -211,16 +226,16 @@ def main():
 
 
 def run_row_process(opts, combination):
-    mode, layout, precision = combination
+    mode, layout, precision, variant = combination
     cmd = [sys.executable, os.path.abspath(__file__), "--shared", opts.shared, "--model_card", opts.model_card,
            "--batch", str(opts.batch), "--warmup", str(opts.warmup), "--steps", str(opts.steps),
-           "--modes", mode, "--layouts", layout, "--precisions", precision, "--json"]
+           "--modes", mode, "--layouts", layout, "--precisions", precision, "--variants", variant, "--json"]
     if opts.device:
         cmd += ["--device", opts.device]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    print(f"done: {mode} {layout} {precision}", file=sys.stderr)
+    print(f"done: {mode} {layout} {precision} {variant}", file=sys.stderr)
     return [tuple(json.loads(line[4:])) for line in done.stdout.splitlines() if line.startswith("ROW ")]
 
 
@@ -249,20 +264,20 @@ def print_table(opts, rows, device_name, world_size, baseline=None):
     """Our rows, after the baseline's (transformers + peft, dynamic padding, AdamW) where it ran; "vs
     baseline" is its ms/step over ours at the same precision."""
     baseline = baseline or {}
-    print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (q,v), batch {opts.batch} x {world_size} "
-          f"process(es), E2E valid as data, random weights, {device_name}, torch {torch.__version__}")
-    print("| mode | batch layout | precision | ms/step (median) | ms/step (mean, captures included) | "
+    print(f"\ngpt2_ft training step: {opts.model_card}, LoRA r=4 (variant: default = q,v), batch {opts.batch} x "
+          f"{world_size} process(es), E2E valid as data, random weights, {device_name}, torch {torch.__version__}")
+    print("| mode | variant | batch layout | precision | ms/step (median) | ms/step (mean, captures included) | "
           "GPU ms/step (replays, median) | tokens/s | peak memory (after warm-up) | CUDA graphs | "
           "one-time seconds (compile, captures) | vs baseline (same precision) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for precision, b in baseline.items():
-        print(f"| transformers + peft (bench/hf_baseline.py) | padded | {precision} | {b['ms_per_step']:.2f} | | | "
-              f"{b['tokens_per_s']:,.0f} | {b['peak_gib']:.2f} GiB | | | 1.0x |")
-    for mode, layout, precision, r in rows:
+        print(f"| transformers + peft (bench/hf_baseline.py) | q,v | padded | {precision} | {b['ms_per_step']:.2f} | "
+              f"| | {b['tokens_per_s']:,.0f} | {b['peak_gib']:.2f} GiB | | | 1.0x |")
+    for mode, layout, precision, variant, r in rows:
         replay = f"{r['replay_ms']:.2f}" if r.get("replay_ms") else ""
         steady = f" ({r['steady_peak']:.2f})" if r.get("steady_peak") else ""
         ratio = f"{baseline[precision]['ms_per_step'] / r['ms']:.1f}x" if precision in baseline else ""
-        print(f"| {mode} | {layout} | {precision} | {r['ms']:.2f} | {r['mean_ms']:.2f} | {replay} | "
+        print(f"| {mode} | {variant} | {layout} | {precision} | {r['ms']:.2f} | {r['mean_ms']:.2f} | {replay} | "
               f"{r['tokens']:,.0f} | {r['peak']:.2f} GiB{steady} | {r['graphs']} | {r['startup']:.0f} | {ratio} |")
     print("(original, SPEC 11: 285 ms/step fp32 padded to 512)")
 

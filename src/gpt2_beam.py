@@ -17,7 +17,7 @@ from loranlg import flags
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
 from loranlg.files import atomic_output, output_dir, read_jsonl
-from loranlg.flags import PRECISION_NAMES, add_distributed_args
+from loranlg.flags import PRECISION_NAMES, add_distributed_args, add_lora_variant_args, check_lora_variant_args
 from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
 
@@ -54,6 +54,8 @@ def build_parser():
     parser.add_argument("--lora_dim", type=flags.count, default=0,
                         help="LoRA rank r of the checkpoint (0: no LoRA) (default 0)")
     parser.add_argument("--lora_alpha", type=flags.positive_int, default=128, help="LoRA alpha of the checkpoint (default 128)")
+    add_lora_variant_args(parser.add_argument_group("LoRA variants of the checkpoint (docs/lora-variants.md; "
+                                                    "merged before decoding)"), training=False)
     parser.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
                         help="output folder (default $PT_OUTPUT_DIR or gpt2_model)")
     parser.add_argument("--beam", type=flags.positive_int, default=1, help="beam size (default 1; the E2E recipe uses 10)")
@@ -81,6 +83,10 @@ def check_args(args, config):
         raise InputError(f"--lora_checkpoint {args.lora_checkpoint} holds LoRA tensors, which need the base model "
                          "they were trained on: pass its weights with --init_checkpoint (e.g. "
                          "pretrained_checkpoints/gpt2-medium-pytorch_model.bin)")
+    try:
+        check_lora_variant_args(args)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     if args.beam > config.vocab_size:
         raise InputError(f"--beam {args.beam} is larger than the vocabulary ({config.vocab_size})")
     if args.seq_len - args.eval_len < 1:
@@ -107,12 +113,12 @@ def load_decoder(args, device):
     import torch
 
     from loranlg.decoder import Decoder
-    from loranlg.loading import load_model
+    from loranlg.loading import load_model, variant_kwargs
     from loranlg.precision import PRECISIONS
 
     torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
     model = load_model(args.model_card, args.lora_dim, args.lora_alpha, init_checkpoint=args.init_checkpoint,
-                       lora_checkpoint=args.lora_checkpoint, device=device, merge=True)
+                       lora_checkpoint=args.lora_checkpoint, device=device, merge=True, **variant_kwargs(args))
     return Decoder(model.to(device, PRECISIONS[args.precision]).eval(), pad_head=True)
 
 

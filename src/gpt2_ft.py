@@ -14,7 +14,8 @@ import sys
 from loranlg import flags
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
-from loranlg.flags import FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args
+from loranlg.flags import (FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args,
+                           add_lora_variant_args, check_lora_variant_args)
 
 
 def build_parser():
@@ -37,6 +38,8 @@ def build_parser():
     model.add_argument("--lora_dim", type=flags.count, default=0, help="LoRA rank r; 0 = full fine-tuning (0)")
     model.add_argument("--lora_alpha", type=flags.positive_int, default=128, help="LoRA alpha; scaling = alpha / r (128)")
     model.add_argument("--lora_dropout", type=flags.fraction, default=0.0, help="dropout on the LoRA input (0.0)")
+    add_lora_variant_args(parser.add_argument_group("LoRA variants (docs/lora-variants.md; the defaults are the "
+                                                    "paper's)"))
     run = parser.add_argument_group("run")
     run.add_argument("--grad_acc", type=flags.positive_int, default=1, help="micro-batches per optimizer update (1)")
     run.add_argument("--clip", type=flags.non_negative, default=0.0, help="clip the gradient norm to this; 0 = no clipping")
@@ -92,13 +95,19 @@ def check_args(args):
         raise InputError(f"--seq_len {args.seq_len} is longer than the model's {n_positions} positions")
     if args.max_step is None and args.max_epoch is None:
         raise InputError("give --max_step or --max_epoch (the run needs an end)")
+    try:
+        check_lora_variant_args(args)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if args.lora_dim == 0 and args.lora_plus_ratio != 1.0:
+        raise InputError("--lora_plus_ratio sets B's learning rate: it needs LoRA (--lora_dim above 0)")
 
 
 def build(args, ctx, log):
     """The model on ctx.device: random weights drawn on the CPU from --random_seed, then the checkpoints."""
     import torch
 
-    from loranlg.loading import load_model
+    from loranlg.loading import load_model, variant_kwargs
     from loranlg.model import describe_trainable
 
     torch.manual_seed(args.random_seed)
@@ -108,7 +117,7 @@ def build(args, ctx, log):
     else:
         log(f"loading pretrained weights from {args.init_checkpoint}")
     model = load_model(args.model_card, args.lora_dim, args.lora_alpha, args.lora_dropout, args.init_checkpoint,
-                       args.lora_checkpoint)
+                       args.lora_checkpoint, **variant_kwargs(args))
     log(describe_trainable(model))
     return model.to(ctx.device)
 

@@ -150,6 +150,7 @@ def test_lora_only_file_in_the_original_layout_plus_base(tmp_path):
     assert set(saved) == {"model_state_dict", "loranlg"}  # the original's layout, plus what we record
     record = {k: v for k, v in saved["loranlg"].items() if k != "crc32"}
     assert record == {"version": 1, "model_card": None, "lora_dim": 2, "lora_alpha": 8, "lora_targets": "q,v",
+                      "lora_scaling": "alpha_over_r", "dora": False, "lora_init": "kaiming",
                       "config": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128, "vocab_size": 97}}
     assert set(saved["model_state_dict"]) == {f"module.transformer.h.{i}.attn.c_attn.lora_{m}"
                                               for i in range(2) for m in "AB"}

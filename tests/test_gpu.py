@@ -54,6 +54,22 @@ def test_cuda_graph_step_matches_eager(tmp_path, e2e_records, precision, compile
         assert (graph_weights[name] - tensor).abs().max().item() <= tolerance * max(scale, 1e-3), name
 
 
+@pytest.mark.parametrize("precision, tolerance, variant", [
+    ("fp32", 1e-4, ["--lora_targets", "q,k,v,o", "--dora", "--lora_plus_ratio", "4"]),
+    ("bf16", 2e-2, ["--lora_targets", "all", "--lora_scaling", "rs", "--dora"])])
+def test_cuda_graph_step_with_lora_variants_matches_eager(tmp_path, e2e_records, precision, tolerance, variant):
+    """The variants (docs/lora-variants.md) through the compiled CUDA-graph step: the eager step's numbers."""
+    data = write_jsonl(tmp_path / "train.jsonl", e2e_records)
+    eager_losses, eager_weights = run(tmp_path, "eager", data,
+                                      ["--precision", precision, "--no_cuda_graph", "--compile", "off", *variant])
+    graph_losses, graph_weights = run(tmp_path, "graph", data, ["--precision", precision, *variant])
+    assert graph_losses == pytest.approx(eager_losses, rel=tolerance) and eager_losses[-1] < eager_losses[0]
+    assert any(name.endswith("lora_magnitude") for name in eager_weights)
+    for name, tensor in eager_weights.items():
+        scale = tensor.abs().max().item()
+        assert (graph_weights[name] - tensor).abs().max().item() <= tolerance * max(scale, 1e-3), name
+
+
 def test_a_failing_compilation_falls_back_to_the_plain_graph(tmp_path, e2e_records, monkeypatch, capsys):
     """--compile auto must not end a run: a compiler failure at the first capture is reported, and the run
     goes on with the uncompiled graph, with the numbers of --compile off."""

@@ -18,7 +18,9 @@ import torch
 from . import file_record
 from .errors import InputError
 from .files import atomic_output
-from .lora import LoRAQKV, SLICE_NAMES, lora_layers
+from .flags import MODULE_TARGETS, targets_text
+from .lora import SLICE_NAMES, lora_layers, named_lora_layers
+from .lora_variants import DoRA, config_targets, lora_settings
 from .model import CARDS, unwrap
 
 ORIGINAL_PREFIX = "module.transformer."  # what the original's DDP-wrapped model writes
@@ -27,6 +29,8 @@ CONSTANT_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 TIED_HEAD_KEYS = ("lm_head.weight", "lm_head.decoder.weight")
 LEGACY_SUFFIXES = {".g": ".weight", ".b": ".bias", ".w": ".weight"}  # very old GPT-2 conversions
 SHOWN = 6  # how many offending keys an error lists
+# LoRA tensors: the original's lora_A / lora_B, and DoRA's magnitudes (lora_variants.py)
+LORA_SUFFIXES = (".lora_A", ".lora_B", ".lora_magnitude")
 
 
 # ---------------------------------------------------------------- naming a model's size
@@ -49,8 +53,16 @@ def describe_shape(n_embd, n_layer):
 def read_state_dict(path):
     """Any supported file -> {key: tensor} with keys relative to the transformer (`h.0.attn.c_attn.weight`),
     plus the tied head under 'lm_head.weight' when the file has one."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path):
+    """(read_state_dict's {key: tensor}, the file's "loranlg" settings entry or {})."""
     raw = read_tensors(path)
     file_record.verify(raw, path)
+    recorded = {}
+    if isinstance(raw, dict) and isinstance(raw.get(file_record.KEY), dict):
+        recorded = raw[file_record.KEY]
     if isinstance(raw, dict):
         for wrapper in ("model_state_dict", "state_dict"):
             if isinstance(raw.get(wrapper), dict):
@@ -68,7 +80,7 @@ def read_state_dict(path):
         if name in state:
             raise InputError(f"two entries map to the same weight {name!r} (one of them is {key!r})", path)
         state[name] = value
-    return state
+    return state, recorded
 
 
 def normalize_key(key):
@@ -135,12 +147,18 @@ def first_line(err):
 def load_weights(model, init_checkpoint=None, lora_checkpoint=None):
     """Load base weights (and any LoRA tensors they carry) from `init_checkpoint`, then LoRA tensors from
     `lora_checkpoint`. Every weight of the model that a file is expected to provide must be in it, with its
-    shape; anything else raises InputError. With neither file the model keeps its current weights."""
+    shape; anything else raises InputError, and so do LoRA settings a file records (targets, scaling, DoRA)
+    that differ from the model's. With neither file the model keeps its current weights.
+    DoRA's magnitudes start from the loaded base weights (||W0 + dW||_col) unless a file holds them."""
     model = unwrap(model)
     for layer in lora_layers(model):
         layer.unmerge()  # weights are loaded unmerged; a merged model would mix old and new
     if init_checkpoint is not None:
-        load_init(model, init_checkpoint)
+        loaded_lora = load_init(model, init_checkpoint)
+        for name, layer in named_lora_layers(model).items():
+            key = name[len("transformer."):] + ".lora_magnitude"
+            if isinstance(layer, DoRA) and key not in loaded_lora:
+                layer.reset_magnitude()
     if lora_checkpoint is not None:
         load_lora_file(model, lora_checkpoint)
 
@@ -155,7 +173,7 @@ def model_tensors(model):
 
 
 def is_lora_key(key):
-    return key.endswith((".lora_A", ".lora_B"))
+    return key.endswith(LORA_SUFFIXES)
 
 
 def split_state(state, path, model):
@@ -187,7 +205,9 @@ def check_card(model, base, lora, path):
 
 
 def load_init(model, path):
-    base, lora, head = split_state(read_state_dict(path), path, model)
+    """-> the LoRA keys it loaded."""
+    state, recorded = read_checkpoint(path)
+    base, lora, head = split_state(state, path, model)
     want_base, want_lora = model_tensors(model)
     if not base and lora:
         raise InputError("this file holds only LoRA tensors; pass the base GPT-2 weights as the init "
@@ -195,19 +215,23 @@ def load_init(model, path):
     check_keys(base, want_base, path, "weights")
     if lora:
         check_lora(model, lora, want_lora, path)
+        check_recorded(model, recorded, path)
     check_shapes(base, want_base, path)
     if head is not None:
         check_tied(head, base["wte.weight"], path)
     copy_into(want_base, base)
     copy_into(want_lora, lora)
+    return set(lora)
 
 
 def load_lora_file(model, path):
-    base, lora, _ = split_state(read_state_dict(path), path, model)
+    state, recorded = read_checkpoint(path)
+    base, lora, _ = split_state(state, path, model)
     want_base, want_lora = model_tensors(model)
     if not lora:
         raise InputError("no LoRA tensors (…attn.c_attn.lora_A / lora_B) in this LoRA checkpoint", path)
     check_lora(model, lora, want_lora, path)
+    check_recorded(model, recorded, path)
     if base:  # a full checkpoint of a LoRA run: its frozen weights must be the ones already loaded
         check_keys(base, want_base, path, "weights")
         check_shapes(base, want_base, path)
@@ -218,23 +242,63 @@ def load_lora_file(model, path):
     copy_into(want_lora, lora)
 
 
+FLAG_OF_SETTING = {"lora_targets": "--lora_targets", "lora_scaling": "--lora_scaling", "dora": "--dora"}
+
+
+def check_recorded(model, recorded, path):
+    """The LoRA settings the file records (lora_variants.lora_settings; the original's files and older ones
+    record none: their tensors are checked alone) against the model's; lora_init only mattered at the start."""
+    if model.config.lora_dim == 0:
+        return  # check_lora says the model has no LoRA
+    ours = lora_settings(model.config)
+
+    def shown(value):
+        return ("on" if value else "off") if isinstance(value, bool) else value
+
+    differ = [f"{flag} {shown(recorded[key])} (the model: {shown(ours[key])})"
+              for key, flag in FLAG_OF_SETTING.items() if key in recorded and recorded[key] != ours[key]]
+    if differ:
+        raise InputError("this checkpoint was trained with other LoRA settings: " + "; ".join(differ) +
+                         ": pass the flags it was trained with", path)
+
+
+def module_targets_of_keys(keys):
+    """The o / fc / proj targets that LoRA keys adapt (h.{i}.attn.c_proj.lora_A -> 'o'), in flag order."""
+    modules = {m.group(1) for key in keys if (m := re.match(r"h\.\d+\.(.+)\.lora_", key))}
+    return [name for name, module in MODULE_TARGETS.items() if module in modules]
+
+
 def check_lora(model, lora, want_lora, path):
     if not want_lora:
         raise InputError(f"holds LoRA tensors ({listing(sorted(lora))}) but the model has no LoRA "
                          "(lora_dim 0): pass the rank they were trained with (--lora_dim)", path)
     config = model.config
     rank = config.lora_dim
-    slices = len(next(m for m in model.modules() if isinstance(m, LoRAQKV)).enabled)
+    targets = targets_text(config_targets(config))
+    file_modules, model_modules = module_targets_of_keys(lora), module_targets_of_keys(want_lora)
+    if file_modules != model_modules:
+        raise InputError(f"LoRA on {','.join(file_modules) or 'none'} of o, fc, proj in the file, but the model's "
+                         f"--lora_targets are {targets}: pass the targets it was trained with", path)
+    dora_file = any(k.endswith(".lora_magnitude") for k in lora)
+    dora_model = any(k.endswith(".lora_magnitude") for k in want_lora)
+    if dora_file != dora_model:
+        raise InputError("the file holds DoRA magnitudes (lora_magnitude) but the model is plain LoRA: pass --dora"
+                         if dora_file else "the model is DoRA (--dora) but the file holds no magnitudes "
+                         "(lora_magnitude): a plain LoRA checkpoint? leave out --dora", path)
+    qkv = [m for m in model.transformer.h[0].attn.modules() if hasattr(m, "enabled")]
+    slices = len(qkv[0].enabled) if qkv and qkv[0].r > 0 else 0
     matrices = {k: v for k, v in lora.items() if v.dim() == 2}
     for key, value in matrices.items():  # the rank first: it also decides how A's rows split into slices
         if key.endswith("lora_B") and value.shape[1] != rank:
             raise InputError(f"LoRA rank {value.shape[1]} in the file ({key} {list(value.shape)}) but the "
                              f"model has lora_dim {rank}", path)
     for key, value in matrices.items():
-        if key.endswith("lora_A") and value.shape[0] % rank == 0 and value.shape[0] // rank != slices:
+        if (".c_attn." in key and key.endswith("lora_A") and value.shape[0] % rank == 0
+                and value.shape[0] // rank != slices):
             on = "".join(n for n, flag in zip(SLICE_NAMES, config.lora_slices) if flag)
             raise InputError(f"LoRA on {value.shape[0] // rank} slice(s) of c_attn in the file ({key} "
-                             f"{list(value.shape)}) but the model adapts {slices} ({on})", path)
+                             f"{list(value.shape)}) but the model adapts {slices} ({on or 'none'}): pass the "
+                             f"--lora_targets it was trained with (the model's: {targets})", path)
     check_keys(lora, want_lora, path, "LoRA tensors")
     check_shapes(lora, want_lora, path)
 
@@ -291,11 +355,11 @@ def gather(model, merged, keep=lambda name: True):
         for name, param in model.named_parameters():
             if keep(name[len("transformer."):]):
                 out[name[len("transformer."):]] = param.detach().float().cpu().clone()
-        for module_name, layer in model.named_modules():
+        for module_name, layer in named_lora_layers(model).items():
             key = module_name[len("transformer."):] + ".weight"
-            if isinstance(layer, LoRAQKV) and layer.r > 0 and layer.merged != merged and key in out:
-                delta = layer.delta_weight().float().cpu()
-                out[key] = out[key] + delta if merged else out[key] - delta
+            if layer.merged != merged and key in out:
+                weight = layer.merged_weight() if merged else layer.unmerged_weight()
+                out[key] = weight.detach().float().cpu()
     return out
 
 

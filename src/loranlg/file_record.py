@@ -4,6 +4,7 @@ Every checkpoint gpt2_ft.py writes (model.{step}.pt, resume.pt) holds, beside it
 
     "loranlg": {"version": 1, "model_card": "gpt2.md" or None, "config": {n_embd, n_layer, n_head,
                 n_positions, vocab_size}, "lora_dim": r, "lora_alpha": a, "lora_targets": "q,v",
+                "lora_scaling": "alpha_over_r", "dora": false, "lora_init": "kaiming",
                 "crc32": <checksum of everything else in the file>}
 
 torch.load does not check the CRCs of a .pt archive, so a flipped bit inside a tensor would load silently;
@@ -18,7 +19,7 @@ import zlib
 import torch
 
 from .errors import InputError
-from .lora import SLICE_NAMES
+from .lora_variants import lora_settings
 from .model import CARDS, GPT2Config
 
 KEY = "loranlg"
@@ -40,8 +41,7 @@ def describe(config):
     """The entry recorded for a model of this config (without its checksum)."""
     return {"version": VERSION, "model_card": card_of(config),
             "config": {field: getattr(config, field) for field in CONFIG_FIELDS},
-            "lora_dim": config.lora_dim, "lora_alpha": config.lora_alpha,
-            "lora_targets": ",".join(name for name, on in zip(SLICE_NAMES, config.lora_slices) if on)}
+            "lora_dim": config.lora_dim, "lora_alpha": config.lora_alpha, **lora_settings(config)}
 
 
 def checksum(obj):

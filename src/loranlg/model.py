@@ -20,7 +20,9 @@ from torch import nn
 
 from .cards import CARDS
 from .errors import InputError
-from .lora import SLICE_NAMES, LoRAQKV, mark_only_lora_trainable, parse_slices
+from .flags import LORA_INITS, LORA_SCALINGS, MODULE_TARGETS, QKV_TARGETS, parse_targets
+from .lora import mark_only_lora_trainable, parse_slices
+from .lora_variants import describe_variant, linear_layer, qkv_layer
 
 
 @dataclass
@@ -31,11 +33,16 @@ class GPT2Config:
     vocab_size: int = 50257
     n_positions: int = 1024
     layer_norm_epsilon: float = 1e-5
-    # LoRA on c_attn, under the names of gpt2_ft.py's flags (lora_dim is the paper's rank r)
+    # LoRA, under the names of gpt2_ft.py's flags (lora_dim is the paper's rank r)
     lora_dim: int = 0
     lora_alpha: float = 128
     lora_dropout: float = 0.0
-    lora_slices: tuple = (True, False, True)  # q, k, v
+    lora_slices: tuple = (True, False, True)  # q, k, v of c_attn
+    # --lora_targets beyond c_attn's slices, and the variants (lora_variants.py; docs/lora-variants.md)
+    lora_modules: tuple = ()  # any of "o" (attn.c_proj), "fc" (mlp.c_fc), "proj" (mlp.c_proj)
+    lora_scaling: str = "alpha_over_r"  # or "rs": alpha / sqrt(r)
+    dora: bool = False
+    lora_init: str = "kaiming"  # or "gaussian"
 
     @classmethod
     def from_card(cls, card, **overrides):
@@ -84,9 +91,8 @@ class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = LoRAQKV(config.n_embd, config.lora_dim, config.lora_alpha, config.lora_dropout,
-                              config.lora_slices)
-        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.c_attn = qkv_layer(config)  # the paper's LoRAQKV unless a variant is asked for
+        self.c_proj = linear_layer(config, "o", config.n_embd, config.n_embd, Conv1D)
 
     def forward(self, x, attend=causal_attention, layer=0):
         return self.c_proj(attend(self.c_attn(x), self.n_head, layer))
@@ -95,8 +101,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
-        self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
+        self.c_fc = linear_layer(config, "fc", config.n_embd, 4 * config.n_embd, Conv1D)
+        self.c_proj = linear_layer(config, "proj", 4 * config.n_embd, config.n_embd, Conv1D)
 
     def forward(self, x):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -151,21 +157,32 @@ class GPT2LMModel(nn.Module):
 
 # ---------------------------------------------------------------- building
 
-def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv", device=None):
+def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices="qv", device=None,
+                lora_targets=None, lora_scaling="alpha_over_r", dora=False, lora_init="kaiming"):
     """A GPT-2 of `card` (a name in CARDS, or a GPT2Config) with LoRA of rank `lora_dim` on the `lora_slices`
-    of c_attn; only the LoRA tensors are trainable when lora_dim > 0 (everything when 0). The lora_*
-    arguments always set the config's LoRA fields, also when a GPT2Config is given.
-    device: where the weights are made (and randomly initialised): a GPU does it in milliseconds."""
+    of c_attn, or on `lora_targets` when given ('q,v,o', 'all', a tuple of names: --lora_targets); only the
+    LoRA tensors are trainable when lora_dim > 0 (everything when 0). lora_scaling, dora, lora_init: the
+    variants (lora_variants.py). The lora_* arguments always set the config's LoRA fields, also when a
+    GPT2Config is given. device: where the weights are made (and randomly initialised): a GPU does it in
+    milliseconds."""
     if lora_dim < 0:
         raise InputError(f"lora_dim must be 0 (full fine-tuning) or a positive rank, got {lora_dim}")
     if not 0.0 <= lora_dropout < 1.0:
         raise InputError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
-    if isinstance(lora_slices, str):
-        try:
+    lora_modules = ()
+    try:
+        if lora_targets is not None:
+            targets = parse_targets(lora_targets)
+            lora_slices = tuple(name in targets for name in QKV_TARGETS)
+            lora_modules = tuple(name for name in MODULE_TARGETS if name in targets)
+        elif isinstance(lora_slices, str):
             lora_slices = parse_slices(lora_slices)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-    lora = dict(lora_dim=lora_dim, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_slices=tuple(lora_slices))
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if lora_scaling not in LORA_SCALINGS or lora_init not in LORA_INITS:
+        raise InputError(f"unknown lora_scaling {lora_scaling!r} or lora_init {lora_init!r}")
+    lora = dict(lora_dim=lora_dim, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_slices=tuple(lora_slices),
+                lora_modules=lora_modules, lora_scaling=lora_scaling, dora=bool(dora), lora_init=lora_init)
     if isinstance(card, GPT2Config):
         config = dataclasses.replace(card, **lora)
     else:
@@ -192,13 +209,13 @@ def unwrap(model):
 
 
 def describe_trainable(model):
-    """'trainable parameters: 393,216 (LoRA r=4 on q,v)' or '... (full fine-tuning)'."""
+    """'trainable parameters: 393,216 (LoRA r=4 on q,v)', '... (LoRA r=4 on q,k,v,o, rsLoRA, DoRA)' or
+    '... (full fine-tuning)'."""
     model = unwrap(model)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = model.config
     if config.lora_dim > 0:
-        slices = ",".join(name for name, on in zip(SLICE_NAMES, config.lora_slices) if on)
-        how = f"LoRA r={config.lora_dim} on {slices}"
+        how = f"LoRA r={config.lora_dim} on {describe_variant(config)}"
     else:
         how = "full fine-tuning"
     return f"trainable parameters: {count:,} ({how})"

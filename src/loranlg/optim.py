@@ -137,15 +137,32 @@ def adam_update(params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
         torch._foreach_add_(params, params, alpha=-lr * weight_decay)
 
 
-def parameter_groups(model, no_decay_bias=False):
-    """The trainable parameters; with no_decay_bias, biases (names with 'bias') get no weight decay."""
+def parameter_groups(model, no_decay_bias=False, lora_plus_ratio=1.0, lr=None):
+    """The trainable parameters; with no_decay_bias, biases (names with 'bias') get no weight decay.
+    LoRA+ (Hayou et al. 2024; peft's create_loraplus_optimizer): with lora_plus_ratio K != 1, each group's
+    lora_B tensors (and DoRA's 1-D magnitudes, as peft groups 1-D tensors with B) go into a group of their
+    own at K * lr; the rest of the recipe (schedule, decay, Adam) is the same for every group."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not no_decay_bias:
-        return [{"params": [p for _, p in named]}]
-    no_decay = ("bias", "layer_norm.weight")  # the original's list
-    decay = [p for n, p in named if not any(nd in n for nd in no_decay)]
-    exempt = [p for n, p in named if any(nd in n for nd in no_decay)]
-    return [{"params": decay}, {"params": exempt, "weight_decay": 0.0}]
+    parts = [({}, named)]
+    if no_decay_bias:
+        no_decay = ("bias", "layer_norm.weight")  # the original's list
+        exempt = [any(nd in n for nd in no_decay) for n, _ in named]
+        parts = [({}, [np for np, ex in zip(named, exempt) if not ex]),
+                 ({"weight_decay": 0.0}, [np for np, ex in zip(named, exempt) if ex])]
+    if lora_plus_ratio == 1.0:  # the recipe's groups, as they always were
+        return [{"params": [p for _, p in members], **settings} for settings, members in parts]
+    groups = []
+    for settings, members in parts:
+        fast = [p for n, p in members if is_lora_plus_fast(n, p)]
+        rest = [p for n, p in members if not is_lora_plus_fast(n, p)]
+        groups += [{"params": rest, **settings}] if rest else []
+        groups += [{"params": fast, "lr": lr * lora_plus_ratio, **settings}] if fast else []
+    return groups
+
+
+def is_lora_plus_fast(name, param):
+    """What LoRA+ trains at the higher rate: lora_B, and DoRA's magnitudes (1-D LoRA tensors)."""
+    return name.endswith("lora_B") or ("lora_" in name and param.dim() == 1)
 
 
 def lr_factor(kind, t, warmup, max_step):
@@ -200,6 +217,7 @@ class Schedule:
 
 
 def create_optimizer(model, args, capturable=False):
-    return AdamW(parameter_groups(model, args.no_decay_bias), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+    groups = parameter_groups(model, args.no_decay_bias, getattr(args, "lora_plus_ratio", 1.0), args.lr)
+    return AdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                  eps=args.adam_epislon, weight_decay=args.weight_decay, correct_bias=args.correct_bias,
                  capturable=capturable)

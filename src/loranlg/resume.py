@@ -17,16 +17,20 @@ from .distributed import gather_objects
 from .errors import InputError
 from .files import atomic_output
 from .model import unwrap
+from .lora_variants import DEFAULT_SETTINGS
 
 RESUME_FILE = "resume.pt"
 # Settings a resumed run must share with the run that wrote the resume file.
 RESUME_KEYS = ("model_card", "lora_dim", "lora_alpha", "train_batch_size", "grad_acc", "world_size", "max_step",
-               "scheduler", "warmup_step", "lr", "random_seed", "seq_len")
+               "scheduler", "warmup_step", "lr", "random_seed", "seq_len", "lora_targets", "lora_scaling", "dora",
+               "lora_init", "lora_plus_ratio")
+# What a resume file written before a key existed ran with (the paper's recipe).
+RESUME_DEFAULTS = {**DEFAULT_SETTINGS, "lora_plus_ratio": 1.0}
 
 
 def resume_settings(args, world_size, max_step):
-    return {key: (world_size if key == "world_size" else max_step if key == "max_step" else getattr(args, key))
-            for key in RESUME_KEYS}
+    return {key: (world_size if key == "world_size" else max_step if key == "max_step"
+                  else getattr(args, key, RESUME_DEFAULTS.get(key))) for key in RESUME_KEYS}
 
 
 def rng_state(ctx, train_set, valid_set):
@@ -104,8 +108,8 @@ def load_resume(path, settings, model, optimizer, schedule, scaler, ctx, train_s
     """Restore what save_resume wrote; returns (position, micro_losses on ctx.device). Refuses a file of
     other settings, and a damaged one."""
     saved = read_resume(path)
-    changed = [f"--{k} {saved['settings'].get(k)} -> {v}" for k, v in settings.items()
-               if saved["settings"].get(k) != v]
+    recorded = {**RESUME_DEFAULTS, **saved["settings"]}
+    changed = [f"--{k} {recorded.get(k)} -> {v}" for k, v in settings.items() if recorded.get(k) != v]
     if changed:
         raise InputError("cannot resume with other settings: " + ", ".join(changed), path)
     with torch.no_grad():
