@@ -21,8 +21,8 @@ from loranlg.decoder import Decoder
 from loranlg.distributed import add_distributed_args, cleanup, gather_objects, setup_distributed
 from loranlg.errors import InputError, run_cli
 from loranlg.files import atomic_output, check_writable_dir, read_jsonl
-from loranlg.loading import load_model
-from loranlg.model import CARDS, GPT2Config
+from loranlg.loading import load_model, resolve_config
+from loranlg.model import CARDS
 from loranlg.precision import PRECISIONS
 from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
@@ -48,15 +48,18 @@ def build_parser():
                              "(default 256; the E2E recipe uses 64)")
     parser.add_argument("--min_length", type=int, default=0,
                         help="EOS ids are blocked while fewer tokens than this have been generated (default 0)")
-    parser.add_argument("--model_card", default="gpt2.sm", choices=list(CARDS),
+    parser.add_argument("--model_card", default=None, choices=list(CARDS),
                         help="model size: gpt2.sm / gpt2.md / gpt2.lg (GPT-2 small / medium / large), or our "
-                             "small test cards (default gpt2.sm)")
-    parser.add_argument("--init_checkpoint", default=None, metavar="FILE",
-                        help="base weights (hub GPT-2 .bin/.safetensors, or a full checkpoint of gpt2_ft.py, "
-                             "which may also hold the LoRA tensors); without it the weights are random "
+                             "small test cards (default gpt2.sm; a transformers directory or nanoGPT "
+                             "--init_checkpoint gives its own size)")
+    parser.add_argument("--init_checkpoint", default=None, metavar="PATH",
+                        help="base weights (hub GPT-2 .bin/.safetensors, a full checkpoint of gpt2_ft.py, which may "
+                             "also hold the LoRA tensors, a transformers model directory of any size, a nanoGPT "
+                             "checkpoint, a PEFT adapter with its local base); without it the weights are random "
                              "(seeded: for benchmarks)")
-    parser.add_argument("--lora_checkpoint", default=None, metavar="FILE",
-                        help="LoRA tensors saved separately from the base weights (optional)")
+    parser.add_argument("--lora_checkpoint", default=None, metavar="PATH",
+                        help="LoRA tensors saved separately from the base weights (optional): a model.{step}.pt, "
+                             "or a PEFT adapter directory (its rank and alpha when --lora_dim is left out)")
     parser.add_argument("--lora_dim", type=int, default=0,
                         help="LoRA rank r of the checkpoint (0: no LoRA) (default 0)")
     parser.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha of the checkpoint (default 128)")
@@ -107,7 +110,7 @@ def settings_from_args(args):
 def load_decoder(args, device):
     """The model with LoRA merged, in --precision on `device`, with the padded head."""
     torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
-    model = load_model(args.model_card, args.lora_dim, args.lora_alpha, init_checkpoint=args.init_checkpoint,
+    model = load_model(resolve_config(args.model_card, args.init_checkpoint, default="gpt2.sm"), args.lora_dim, args.lora_alpha, init_checkpoint=args.init_checkpoint,
                        lora_checkpoint=args.lora_checkpoint, device=device, merge=True)
     return Decoder(model.to(device, PRECISIONS[args.precision]).eval(), pad_head=True)
 
@@ -162,7 +165,7 @@ def run(args):
     try:
         out_path = os.path.join(args.work_dir, args.output_file)
         check_writable_dir(args.work_dir)  # on every rank: they must all fail alike, or the others would wait
-        config = GPT2Config.from_card(args.model_card)
+        config = resolve_config(args.model_card, args.init_checkpoint, default="gpt2.sm")
         check_args(args, config)
         settings = settings_from_args(args)
         contexts, cut = read_contexts(args.data, args.seq_len, args.eval_len, config.vocab_size)

@@ -45,10 +45,11 @@ def describe_shape(n_embd, n_layer):
 
 # ---------------------------------------------------------------- reading files
 
-def read_state_dict(path):
+def read_state_dict(path, as_lora=False):
     """Any supported file -> {key: tensor} with keys relative to the transformer (`h.0.attn.c_attn.weight`),
-    plus the tied head under 'lm_head.weight' when the file has one."""
-    raw = read_tensors(path)
+    plus the tied head under 'lm_head.weight' when the file has one. Directories (transformers models, PEFT
+    adapters; `as_lora`: an adapter without its base) and nanoGPT files are read by hf_formats.py."""
+    raw = read_other_format(path, as_lora)
     if isinstance(raw, dict):
         for wrapper in ("model_state_dict", "state_dict"):
             if isinstance(raw.get(wrapper), dict):
@@ -67,6 +68,14 @@ def read_state_dict(path):
             raise InputError(f"two entries map to the same weight {name!r} (one of them is {key!r})", path)
         state[name] = value
     return state
+
+
+def read_other_format(path, as_lora):
+    from . import hf_formats
+    if os.path.isdir(path):
+        return hf_formats.read_directory(os.fspath(path), as_lora)
+    raw = read_tensors(path)
+    return hf_formats.nanogpt_state(raw, path) if hf_formats.is_nanogpt(raw) else raw
 
 
 def normalize_key(key):
@@ -201,7 +210,7 @@ def load_init(model, path):
 
 
 def load_lora_file(model, path):
-    base, lora, _ = split_state(read_state_dict(path), path, model)
+    base, lora, _ = split_state(read_state_dict(path, as_lora=True), path, model)
     want_base, want_lora = model_tensors(model)
     if not lora:
         raise InputError("no LoRA tensors (…attn.c_attn.lora_A / lora_B) in this LoRA checkpoint", path)
