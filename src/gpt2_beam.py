@@ -21,8 +21,7 @@ from loranlg.decoder import Decoder
 from loranlg.distributed import add_distributed_args, cleanup, gather_objects, setup_distributed
 from loranlg.errors import InputError, run_cli
 from loranlg.files import atomic_output, check_writable_dir, read_jsonl
-from loranlg.loading import load_model, resolve_config
-from loranlg.model import CARDS
+from loranlg.loading import add_model_args, load_model, resolve_config
 from loranlg.precision import PRECISIONS
 from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
@@ -48,21 +47,7 @@ def build_parser():
                              "(default 256; the E2E recipe uses 64)")
     parser.add_argument("--min_length", type=int, default=0,
                         help="EOS ids are blocked while fewer tokens than this have been generated (default 0)")
-    parser.add_argument("--model_card", default=None, choices=list(CARDS),
-                        help="model size: gpt2.sm / gpt2.md / gpt2.lg (GPT-2 small / medium / large), or our "
-                             "small test cards (default gpt2.sm; a transformers directory or nanoGPT "
-                             "--init_checkpoint gives its own size)")
-    parser.add_argument("--init_checkpoint", default=None, metavar="PATH",
-                        help="base weights (hub GPT-2 .bin/.safetensors, a full checkpoint of gpt2_ft.py, which may "
-                             "also hold the LoRA tensors, a transformers model directory of any size, a nanoGPT "
-                             "checkpoint, a PEFT adapter with its local base); without it the weights are random "
-                             "(seeded: for benchmarks)")
-    parser.add_argument("--lora_checkpoint", default=None, metavar="PATH",
-                        help="LoRA tensors saved separately from the base weights (optional): a model.{step}.pt, "
-                             "or a PEFT adapter directory (its rank and alpha when --lora_dim is left out)")
-    parser.add_argument("--lora_dim", type=int, default=0,
-                        help="LoRA rank r of the checkpoint (0: no LoRA) (default 0)")
-    parser.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha of the checkpoint (default 128)")
+    add_model_args(parser, default_card="gpt2.sm")
     parser.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
                         help="output folder (default $PT_OUTPUT_DIR or gpt2_model)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (default 1; the E2E recipe uses 10)")

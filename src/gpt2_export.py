@@ -8,6 +8,8 @@ The model is read with the same flags as gpt2_ft.py / gpt2_beam.py, then written
           v slices of c_attn is written as the exactly equal rank-2r LoRA of the whole c_attn
           (loranlg/hf_formats.py says why)
   lora    the original's LoRA-only .pt ({"model_state_dict": {"module.transformer.h.{i}.attn.c_attn.lora_A"...}})
+--init_checkpoint (the base weights) is required for merged; peft and lora write only the LoRA tensors.
+Bad input stops with one "error: ..." line and exit code 2.
 
   python src/gpt2_export.py --model_card gpt2.md --init_checkpoint pretrained_checkpoints/gpt2-medium-pytorch_model.bin \\
       --lora_checkpoint trained_models/GPT2_M/e2e/model.26290.pt --lora_dim 4 --lora_alpha 32 \\
@@ -24,8 +26,7 @@ from loranlg.checkpoint import describe_shape, export_merged, save_lora
 from loranlg.errors import InputError, run_cli
 from loranlg.files import check_writable_dir
 from loranlg.hf_formats import default_base_model, write_peft_adapter, write_tokenizer
-from loranlg.loading import load_model, resolve_config
-from loranlg.model import CARDS
+from loranlg.loading import add_model_args, load_model, resolve_config
 
 FORMATS = ("merged", "peft", "lora")
 LORA_FILE = "lora.pt"
@@ -40,23 +41,7 @@ def build_parser():
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="the directory to write (created if needed; files of the same names are replaced). "
                              f"For --format lora a path ending in .pt is the file itself, else DIR/{LORA_FILE}")
-    parser.add_argument("--model_card", default=None, choices=list(CARDS),
-                        help="model size (gpt2.sm / gpt2.md / gpt2.lg, or our small cards); optional when "
-                             "--init_checkpoint is a transformers directory or a nanoGPT checkpoint (their config "
-                             "gives the size), required otherwise")
-    parser.add_argument("--init_checkpoint", default=None, metavar="PATH",
-                        help="base weights, as gpt2_ft.py reads them: hub .bin/.safetensors, the original's .pt, a "
-                             "transformers model directory of any size, a nanoGPT checkpoint, or a PEFT adapter "
-                             "directory whose base_model_name_or_path is on this machine. Required for --format "
-                             "merged; for peft / lora only the LoRA tensors are written")
-    parser.add_argument("--lora_checkpoint", default=None, metavar="PATH",
-                        help="LoRA tensors over the base: a model.{step}.pt of gpt2_ft.py, a released LoRA file, or "
-                             "a PEFT adapter directory (LoRA on c_attn, any rank)")
-    parser.add_argument("--lora_dim", type=int, default=0,
-                        help="LoRA rank r of the checkpoint (default 0: no LoRA, or the PEFT adapter's own rank)")
-    parser.add_argument("--lora_alpha", type=float, default=128,
-                        help="LoRA alpha of the checkpoint; scaling = alpha / r (default 128; a PEFT adapter's "
-                             "own when --lora_dim is left out)")
+    add_model_args(parser, default_card=None)  # base weights needed for --format merged only
     parser.add_argument("--vocab", default=None, metavar="DIR",
                         help="--format merged: also write the tokenizer (vocab.json, merges.txt, "
                              "tokenizer_config.json) from this vocabulary directory (encoder.json + vocab.bpe, or "

@@ -146,7 +146,9 @@ def write_peft_adapter(model, directory, base_model=None):
 
 def default_base_model(card, init_checkpoint):
     """What adapter_config.json names as the base: a transformers directory given as --init_checkpoint (its
-    absolute path), else the hub's id of a standard card, else None."""
+    absolute path), the base a PEFT adapter given there names, else the hub's id of a standard card, else None."""
+    if init_checkpoint and os.path.isfile(os.path.join(init_checkpoint, PEFT_CONFIG)):
+        return read_json(os.path.join(init_checkpoint, PEFT_CONFIG)).get("base_model_name_or_path")
     if init_checkpoint and os.path.isfile(os.path.join(init_checkpoint, HF_CONFIG)):
         return os.path.abspath(init_checkpoint)
     return HUB_IDS.get(card)

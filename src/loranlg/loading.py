@@ -23,6 +23,29 @@ def load_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, init_checkpoi
     return model if dtype is None else model.to(dtype)
 
 
+def add_model_args(parser, default_card):
+    """The flags that say which trained model to read, as gpt2_beam.py and gpt2_export.py take them (the
+    original's names): --model_card --init_checkpoint --lora_checkpoint --lora_dim --lora_alpha."""
+    card = f"default {default_card}; " if default_card else "required unless "
+    parser.add_argument("--model_card", default=None, choices=list(CARDS),
+                        help="model size: gpt2.sm / gpt2.md / gpt2.lg (GPT-2 small / medium / large), or our small "
+                             f"test cards ({card}a transformers directory or nanoGPT --init_checkpoint gives its "
+                             "own size, which a card given as well must match)")
+    parser.add_argument("--init_checkpoint", default=None, metavar="PATH",
+                        help="base weights: hub GPT-2 .bin/.safetensors, a full checkpoint of gpt2_ft.py or the "
+                             "original (which may also hold the LoRA tensors), a transformers model directory of any "
+                             "size, a nanoGPT checkpoint, or a PEFT adapter directory whose base_model_name_or_path "
+                             "is on this machine; without it the base weights are random (seeded)")
+    parser.add_argument("--lora_checkpoint", default=None, metavar="PATH",
+                        help="LoRA tensors over the base weights: a model.{step}.pt of gpt2_ft.py, a released LoRA "
+                             "file, or a PEFT adapter directory (LoRA on c_attn, any rank)")
+    parser.add_argument("--lora_dim", type=int, default=0,
+                        help="LoRA rank r of the checkpoint (default 0: no LoRA, or a PEFT adapter's own rank)")
+    parser.add_argument("--lora_alpha", type=float, default=128,
+                        help="LoRA alpha of the checkpoint; scaling = alpha / r (default 128; a PEFT adapter's own "
+                             "when --lora_dim is left out)")
+
+
 def resolve_config(card, init_checkpoint=None, default=None):
     """The model's size: the config of a transformers directory or nanoGPT file given as init_checkpoint
     (a PEFT adapter's local base model too), else the card (`default` when None). A card that disagrees with
