@@ -38,7 +38,7 @@ class StandInHub:
 
 
 @pytest.mark.slow
-def test_the_docs_walkthrough_runs(tmp_path, shared_dir, vocab_dir, monkeypatch):
+def test_the_docs_walkthrough_a_6_layer_gpt2_directory_trains_decodes_exports(tmp_path, shared_dir, vocab_dir, monkeypatch):
     examples = encoded_e2e_sample(shared_dir, vocab_dir, stride=400, count=12)
     os.symlink(REPO / "src", tmp_path / "src")
     (tmp_path / "data" / "e2e").mkdir(parents=True)
