@@ -17,7 +17,8 @@ from loranlg import flags
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
 from loranlg.files import atomic_output, output_dir, read_jsonl
-from loranlg.flags import PRECISION_NAMES, add_distributed_args, add_lora_variant_args, check_lora_variant_args
+from loranlg.flags import (PRECISION_NAMES, add_distributed_args, add_lora_variant_args, add_model_args,
+                           check_lora_variant_args)
 from loranlg.progress import Progress
 from loranlg.tokenizer import EOT_ID
 
@@ -42,18 +43,7 @@ def build_parser():
                              "(default 256; the E2E recipe uses 64)")
     parser.add_argument("--min_length", type=flags.count, default=0,
                         help="EOS ids are blocked while fewer tokens than this have been generated (default 0)")
-    parser.add_argument("--model_card", default="gpt2.sm", choices=list(CARDS),
-                        help="model size: gpt2.sm / gpt2.md / gpt2.lg (GPT-2 small / medium / large), or our "
-                             "small test cards (default gpt2.sm)")
-    parser.add_argument("--init_checkpoint", default=None, metavar="FILE",
-                        help="base weights (hub GPT-2 .bin/.safetensors, or a full checkpoint of gpt2_ft.py, "
-                             "which may also hold the LoRA tensors); without it the weights are random "
-                             "(seeded: for benchmarks)")
-    parser.add_argument("--lora_checkpoint", default=None, metavar="FILE",
-                        help="LoRA tensors saved separately from the base weights (optional)")
-    parser.add_argument("--lora_dim", type=flags.count, default=0,
-                        help="LoRA rank r of the checkpoint (0: no LoRA) (default 0)")
-    parser.add_argument("--lora_alpha", type=flags.positive_int, default=128, help="LoRA alpha of the checkpoint (default 128)")
+    add_model_args(parser, default_card="gpt2.sm")
     add_lora_variant_args(parser.add_argument_group("LoRA variants of the checkpoint (docs/lora-variants.md; "
                                                     "merged before decoding)"), training=False)
     parser.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
@@ -113,12 +103,13 @@ def load_decoder(args, device):
     import torch
 
     from loranlg.decoder import Decoder
-    from loranlg.loading import load_model, variant_kwargs
+    from loranlg.loading import load_model, resolve_config, variant_kwargs
     from loranlg.precision import PRECISIONS
 
     torch.manual_seed(0)  # without checkpoints the weights are random, and the same on every rank
-    model = load_model(args.model_card, args.lora_dim, args.lora_alpha, init_checkpoint=args.init_checkpoint,
-                       lora_checkpoint=args.lora_checkpoint, device=device, merge=True, **variant_kwargs(args))
+    model = load_model(resolve_config(args.model_card, args.init_checkpoint, default="gpt2.sm"), args.lora_dim,
+                       args.lora_alpha, init_checkpoint=args.init_checkpoint, lora_checkpoint=args.lora_checkpoint,
+                       device=device, merge=True, **variant_kwargs(args))
     return Decoder(model.to(device, PRECISIONS[args.precision]).eval(), pad_head=True)
 
 
@@ -173,12 +164,12 @@ def write_predictions(path, contexts, results):
 
 def run(args):
     from loranlg.distributed import cleanup, gather_objects, setup_distributed
-    from loranlg.model import GPT2Config
+    from loranlg.loading import resolve_config
 
     ctx = setup_distributed(args)
     try:
         out_path = os.path.join(args.work_dir, args.output_file)
-        config = GPT2Config.from_card(args.model_card)
+        config = resolve_config(args.model_card, args.init_checkpoint, default="gpt2.sm")
         check_args(args, config)
         settings = settings_from_args(args)
         with output_dir(args.work_dir):  # on every rank: they must all fail alike, or the others would wait

@@ -29,12 +29,16 @@ def build_parser():
     data.add_argument("--seq_len", type=flags.integer(2), default=512,
                       help="longest input in tokens; longer examples are cut, a longer context is refused (512)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model_card", default="gpt2.md", choices=list(CARDS),
-                       help="GPT-2 size (gpt2.sm/md/lg; gpt2.tiny/mini are small cards of our own) (gpt2.md)")
+    model.add_argument("--model_card", default=None, choices=list(CARDS),
+                       help="GPT-2 size (gpt2.sm/md/lg; gpt2.tiny/mini are small cards of our own) (gpt2.md; "
+                            "a transformers directory or nanoGPT --init_checkpoint gives its own size)")
     model.add_argument("--init_checkpoint", default=None,
-                       help="pretrained weights (hub .bin/.safetensors or the original's .pt); "
+                       help="pretrained weights (hub .bin/.safetensors, the original's .pt, a transformers model "
+                            "directory of any size, a nanoGPT checkpoint, a PEFT adapter with its local base); "
                             "without it the model starts from random weights")
-    model.add_argument("--lora_checkpoint", default=None, help="LoRA tensors to start from (a model.{step}.pt)")
+    model.add_argument("--lora_checkpoint", default=None,
+                       help="LoRA tensors to start from (a model.{step}.pt, or a PEFT adapter directory: its rank "
+                            "and alpha when --lora_dim is left out)")
     model.add_argument("--lora_dim", type=flags.count, default=0, help="LoRA rank r; 0 = full fine-tuning (0)")
     model.add_argument("--lora_alpha", type=flags.positive_int, default=128, help="LoRA alpha; scaling = alpha / r (128)")
     model.add_argument("--lora_dropout", type=flags.fraction, default=0.0, help="dropout on the LoRA input (0.0)")
@@ -86,11 +90,9 @@ def build_parser():
 
 
 def check_args(args):
-    from loranlg.model import GPT2Config
-
     if args.fp16:
         args.precision = "fp16"
-    n_positions = GPT2Config.from_card(args.model_card).n_positions
+    n_positions = model_config(args).n_positions
     if args.seq_len > n_positions:
         raise InputError(f"--seq_len {args.seq_len} is longer than the model's {n_positions} positions")
     if args.max_step is None and args.max_epoch is None:
@@ -103,6 +105,15 @@ def check_args(args):
         raise InputError("--lora_plus_ratio sets B's learning rate: it needs LoRA (--lora_dim above 0)")
 
 
+def model_config(args):
+    """The GPT2Config of --model_card, or of the --init_checkpoint's own config (loading.resolve_config)."""
+    from loranlg.loading import resolve_config
+
+    if getattr(args, "config", None) is None:
+        args.config = resolve_config(args.model_card, args.init_checkpoint, default="gpt2.md")
+    return args.config
+
+
 def build(args, ctx, log):
     """The model on ctx.device: random weights drawn on the CPU from --random_seed, then the checkpoints."""
     import torch
@@ -113,10 +124,10 @@ def build(args, ctx, log):
     torch.manual_seed(args.random_seed)
     random.seed(args.random_seed)
     if args.init_checkpoint is None:
-        log(f"no --init_checkpoint: {args.model_card} starts from random weights")
+        log(f"no --init_checkpoint: {args.model_card or 'gpt2.md'} starts from random weights")
     else:
         log(f"loading pretrained weights from {args.init_checkpoint}")
-    model = load_model(args.model_card, args.lora_dim, args.lora_alpha, args.lora_dropout, args.init_checkpoint,
+    model = load_model(model_config(args), args.lora_dim, args.lora_alpha, args.lora_dropout, args.init_checkpoint,
                        args.lora_checkpoint, **variant_kwargs(args))
     log(describe_trainable(model))
     return model.to(ctx.device)
@@ -130,7 +141,6 @@ def main(argv=None, stop_after_step=None, speed=None):
     from loranlg.checkpoint import save_model
     from loranlg.distributed import cleanup, setup_distributed
     from loranlg.files import output_dir
-    from loranlg.model import GPT2Config
     from loranlg.run_guard import resume_command, work_dir_lock
     from loranlg.train import load_datasets, train
     from loranlg.train_step import SpeedOptions
@@ -140,7 +150,7 @@ def main(argv=None, stop_after_step=None, speed=None):
     log = print if ctx.is_main else (lambda *a, **k: None)
     try:
         with output_dir(args.work_dir), work_dir_lock(args.work_dir, enabled=ctx.is_main):
-            train_set, valid_set, notes = load_datasets(args, GPT2Config.from_card(args.model_card).vocab_size)
+            train_set, valid_set, notes = load_datasets(args, model_config(args).vocab_size)
             for note in notes:
                 log(note, file=sys.stderr)
             log(f"rank {ctx.rank} of {ctx.world_size} on {ctx.device}; train {len(train_set.examples)} examples, "

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 
-COMMANDS = ["src/gpt2_ft.py", "src/gpt2_beam.py", "src/gpt2_decode.py", "src/gpt2_encode.py",
+COMMANDS = ["src/gpt2_ft.py", "src/gpt2_beam.py", "src/gpt2_export.py", "src/gpt2_decode.py", "src/gpt2_encode.py",
             "src/format_converting_e2e.py", "src/format_converting_webnlg.py", "src/format_converting_dart.py",
             "eval/e2e/measure_scores.py", "eval/GenerationEval/eval.py", "scripts/compare_with_paper.py",
             "scripts/plot_losses.py", "scripts/sweep_table.py"]

@@ -50,15 +50,16 @@ def describe_shape(n_embd, n_layer):
 
 # ---------------------------------------------------------------- reading files
 
-def read_state_dict(path):
+def read_state_dict(path, as_lora=False):
     """Any supported file -> {key: tensor} with keys relative to the transformer (`h.0.attn.c_attn.weight`),
-    plus the tied head under 'lm_head.weight' when the file has one."""
-    return read_checkpoint(path)[0]
+    plus the tied head under 'lm_head.weight' when the file has one. Directories (transformers models, PEFT
+    adapters; `as_lora`: an adapter without its base) and nanoGPT files are read by hf_formats.py."""
+    return read_checkpoint(path, as_lora)[0]
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, as_lora=False):
     """(read_state_dict's {key: tensor}, the file's "loranlg" settings entry or {})."""
-    raw = read_tensors(path)
+    raw = read_other_format(path, as_lora)
     file_record.verify(raw, path)
     recorded = {}
     if isinstance(raw, dict) and isinstance(raw.get(file_record.KEY), dict):
@@ -81,6 +82,14 @@ def read_checkpoint(path):
             raise InputError(f"two entries map to the same weight {name!r} (one of them is {key!r})", path)
         state[name] = value
     return state, recorded
+
+
+def read_other_format(path, as_lora):
+    from . import hf_formats
+    if os.path.isdir(path):
+        return hf_formats.read_directory(os.fspath(path), as_lora)
+    raw = read_tensors(path)
+    return hf_formats.nanogpt_state(raw, path) if hf_formats.is_nanogpt(raw) else raw
 
 
 def normalize_key(key):
@@ -225,7 +234,7 @@ def load_init(model, path):
 
 
 def load_lora_file(model, path):
-    state, recorded = read_checkpoint(path)
+    state, recorded = read_checkpoint(path, as_lora=True)
     base, lora, _ = split_state(state, path, model)
     want_base, want_lora = model_tensors(model)
     if not lora:

@@ -10,6 +10,8 @@ Every command builds its parser with `Parser` and gives each numeric flag a type
 import argparse
 import math
 
+from .cards import CARDS
+
 EXIT_USAGE = 2
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 # Schedules of the learning rate (optim.lr_factor); the fixed-rate ones keep --lr, as the original does.
@@ -154,3 +156,26 @@ def check_lora_variant_args(args):
     if not ratio > 0:
         raise ValueError(f"--lora_plus_ratio must be positive, got {ratio}")
     return args
+
+
+def add_model_args(parser, default_card):
+    """The flags that say which trained model to read, as gpt2_beam.py and gpt2_export.py take them (the
+    original's names): --model_card --init_checkpoint --lora_checkpoint --lora_dim --lora_alpha."""
+    card = f"default {default_card}; " if default_card else "required unless "
+    parser.add_argument("--model_card", default=None, choices=list(CARDS),
+                        help="model size: gpt2.sm / gpt2.md / gpt2.lg (GPT-2 small / medium / large), or our small "
+                             f"test cards ({card}a transformers directory or nanoGPT --init_checkpoint gives its "
+                             "own size, which a card given as well must match)")
+    parser.add_argument("--init_checkpoint", default=None, metavar="PATH",
+                        help="base weights: hub GPT-2 .bin/.safetensors, a full checkpoint of gpt2_ft.py or the "
+                             "original (which may also hold the LoRA tensors), a transformers model directory of any "
+                             "size, a nanoGPT checkpoint, or a PEFT adapter directory whose base_model_name_or_path "
+                             "is on this machine; without it the base weights are random (seeded)")
+    parser.add_argument("--lora_checkpoint", default=None, metavar="PATH",
+                        help="LoRA tensors over the base weights: a model.{step}.pt of gpt2_ft.py, a released LoRA "
+                             "file, or a PEFT adapter directory (LoRA on c_attn, any rank)")
+    parser.add_argument("--lora_dim", type=count, default=0,
+                        help="LoRA rank r of the checkpoint (default 0: no LoRA, or a PEFT adapter's own rank)")
+    parser.add_argument("--lora_alpha", type=positive, default=128,
+                        help="LoRA alpha of the checkpoint; scaling = alpha / r (default 128; a PEFT adapter's own "
+                             "when --lora_dim is left out)")

@@ -1,10 +1,11 @@
 """One way to get a model for both commands: built from its card, then its weights read (checkpoint.py)."""
 
-from .checkpoint import load_weights
+from .checkpoint import describe_shape, load_weights
+from .errors import InputError
 from .file_record import check_settings
 from .lora import merge_lora
 from .lora_variants import DEFAULT_SETTINGS
-from .model import build_model
+from .model import CARDS, GPT2Config, build_model
 
 
 def load_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, init_checkpoint=None, lora_checkpoint=None,
@@ -13,10 +14,15 @@ def load_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, init_checkpoi
     """GPT-2 of `card` with LoRA of rank lora_dim, built on `device` (the CPU by default; random weights are
     drawn there from torch's generator: seed it first), base weights from init_checkpoint and LoRA tensors
     from lora_checkpoint (either may be None). merge: fold LoRA into the weights (inference); dtype: then
-    cast the model to it. Only the LoRA tensors are trainable when lora_dim > 0. lora_targets, lora_scaling,
-    dora, lora_init: as the flags of the same names (lora_variants.py); a checkpoint recording other ones is
-    refused."""
-    model = build_model(card, lora_dim, lora_alpha, lora_dropout, device=device, lora_targets=lora_targets,
+    cast the model to it. Only the LoRA tensors are trainable when lora_dim > 0.
+    card: a card name, a GPT2Config, or None when init_checkpoint gives the size (resolve_config); a PEFT
+    adapter gives the LoRA's rank, alpha and slices (resolve_lora). lora_targets, lora_scaling, dora,
+    lora_init: as the flags of the same names (lora_variants.py); a checkpoint recording other ones is refused."""
+    config = resolve_config(card, init_checkpoint)
+    lora_dim, lora_alpha, file_targets = resolve_lora(lora_dim, lora_alpha, init_checkpoint, lora_checkpoint)
+    if file_targets is not None and lora_targets in (None, DEFAULT_SETTINGS["lora_targets"]):
+        lora_targets = file_targets  # the adapter's own slices, unless the flags ask for others (then loading says)
+    model = build_model(config, lora_dim, lora_alpha, lora_dropout, device=device, lora_targets=lora_targets,
                         lora_scaling=lora_scaling, dora=dora, lora_init=lora_init)
     for path in (init_checkpoint, lora_checkpoint):
         if path is not None:
@@ -31,3 +37,58 @@ def variant_kwargs(args):
     """load_model's variant arguments from a command's flags (flags.add_lora_variant_args); the paper's defaults
     for those a caller's namespace lacks."""
     return {key: getattr(args, key, default) for key, default in DEFAULT_SETTINGS.items()}
+
+
+def resolve_config(card, init_checkpoint=None, default=None):
+    """The model's size: the config of a transformers directory or nanoGPT file given as init_checkpoint
+    (a PEFT adapter's local base model too), else the card (`default` when None). A card that disagrees with
+    the checkpoint's own config is an InputError."""
+    if isinstance(card, GPT2Config):
+        return card
+    from .hf_formats import implied_shape
+    implied = implied_shape(init_checkpoint) if init_checkpoint is not None else {"config": None}
+    if implied.get("base_error") is not None:
+        raise implied["base_error"]
+    fields = implied["config"]
+    if fields is None:
+        name = card or default
+        if name is None:
+            raise InputError("no --model_card, and no --init_checkpoint that gives the model's size (a transformers "
+                             "directory, a nanoGPT checkpoint)")
+        if name not in CARDS:
+            raise InputError(f"unknown model card {name!r}; expected one of {', '.join(CARDS)}")
+        return GPT2Config.from_card(name)
+    if card is not None:
+        if card not in CARDS:
+            raise InputError(f"unknown model card {card!r}; expected one of {', '.join(CARDS)}")
+        want = CARDS[card]
+        if any(want[k] != fields[k] for k in ("n_embd", "n_layer", "n_head")):
+            raise InputError(f"--model_card {card} is {describe_shape(want['n_embd'], want['n_layer'])}, n_head="
+                             f"{want['n_head']}, but this model is {describe_shape(fields['n_embd'], fields['n_layer'])}"
+                             f", n_head={fields['n_head']}: leave --model_card out to take the size from "
+                             f"{implied['source']}", init_checkpoint)
+    return GPT2Config(**fields)
+
+
+def resolve_lora(lora_dim, lora_alpha, init_checkpoint=None, lora_checkpoint=None):
+    """(lora_dim, lora_alpha, targets) of the model to build: the flags' (targets None: --lora_targets
+    decides), or a PEFT adapter's own rank, alpha and c_attn slices as targets text (lora_dim 0: taken from it;
+    otherwise they must agree); our .pt files with LoRA on all of q,k,v give those slices."""
+    from .hf_formats import implied_shape
+    for path in (lora_checkpoint, init_checkpoint):
+        lora = implied_shape(path)["lora"] if path is not None else None
+        if lora is None:
+            continue
+        if "rank" not in lora:  # our .pt with LoRA on all of q,k,v (e.g. a converted adapter)
+            return lora_dim, lora_alpha, ",".join(lora["slices"])
+        rank, alpha, slices = lora["rank"], lora["alpha"], lora["slices"]
+        alpha = int(alpha) if abs(alpha - round(alpha)) < 1e-9 else alpha
+        on = ",".join(slices)
+        if lora_dim not in (0, rank):
+            raise InputError(f"this adapter is a rank-{rank} LoRA on {on} but --lora_dim is {lora_dim}: leave "
+                             f"--lora_dim out, or pass {rank}", path)
+        if lora_dim == rank and abs(lora_alpha - alpha) > 1e-6 * max(1.0, abs(alpha)):
+            raise InputError(f"this adapter's LoRA on {on} has alpha {alpha} at rank {rank} but --lora_alpha is "
+                             f"{lora_alpha}: leave --lora_dim and --lora_alpha out, or pass --lora_alpha {alpha}", path)
+        return rank, alpha, ",".join(slices)
+    return lora_dim, lora_alpha, None
