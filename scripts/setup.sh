@@ -35,7 +35,8 @@ PY=$VENV/bin/python
 
 # What an install holds, as a checksum of its requirements: a second run with the same one skips pip.
 install_key() {  # install_key DEV
-  { echo "torch=$TORCH_VERSION"; cat requirements.txt; [ "$1" = 1 ] && cat requirements-dev.txt; } | sha256sum | cut -d' ' -f1
+  { echo "torch=$TORCH_VERSION"; cat requirements.txt; if [ "$1" = 1 ]; then cat requirements-dev.txt; fi; } \
+    | sha256sum | cut -d' ' -f1
 }
 stamp=$VENV/.loranlg-installed
 if grep -qsx "$(install_key "$DEV")" "$stamp"; then
