@@ -111,6 +111,8 @@ def check_settings(path, config, card):
     entry = recorded(path)
     if entry is None:
         return
+    if not isinstance(card, str):  # a config (read from a checkpoint, or resolved from --model_card)
+        card = card_of(config)
     card_text = card if isinstance(card, str) else "(a custom config)"
     saved_config = entry.get("config")
     if entry.get("model_card") and isinstance(card, str) and entry["model_card"] != card:
