@@ -14,7 +14,6 @@ import time
 
 # Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
 from loranlg import flags
-from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
 from loranlg.files import atomic_output, output_dir, read_jsonl
 from loranlg.flags import (PRECISION_NAMES, add_distributed_args, add_lora_variant_args, add_model_args,

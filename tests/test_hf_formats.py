@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, run_script, tiny_config
+from conftest import run_script, tiny_config
 from hf_oracle import hub_config, hub_twin, randomize
 from transformers import GPT2LMHeadModel
 

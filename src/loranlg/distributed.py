@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import flags
-
 
 @dataclass
 class DistContext:

@@ -34,7 +34,7 @@ import torch
 
 from .errors import InputError
 from .files import atomic_output
-from .lora import SLICE_NAMES, LoRAQKV, named_lora_layers
+from .lora import SLICE_NAMES, named_lora_layers
 from .lora_variants import peft_config
 
 PEFT_CONFIG = "adapter_config.json"
