@@ -25,6 +25,10 @@ def build_parser():
     data.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py output)")
     data.add_argument("--valid_data", required=True, help="encoded validation jsonl")
     data.add_argument("--train_batch_size", type=flags.positive_int, default=8, help="examples per batch and process (8)")
+    data.add_argument("--global_batch", type=flags.positive_int, default=None,
+                      help="examples per step over all processes, split evenly among them (instead of "
+                           "--train_batch_size per process): N processes of G / N reproduce one process of G step "
+                           "for step (docs/training.md)")
     data.add_argument("--valid_batch_size", type=flags.positive_int, default=4, help="validation examples per batch (4)")
     data.add_argument("--seq_len", type=flags.integer(2), default=512,
                       help="longest input in tokens; longer examples are cut, a longer context is refused (512)")
@@ -105,6 +109,17 @@ def check_args(args):
         raise InputError("--lora_plus_ratio sets B's learning rate: it needs LoRA (--lora_dim above 0)")
 
 
+def split_global_batch(args, argv, world_size):
+    """--global_batch G: --train_batch_size becomes G / world_size."""
+    if args.global_batch is None:
+        return
+    if any(a == "--train_batch_size" or a.startswith("--train_batch_size=") for a in argv):
+        raise InputError("give --global_batch or --train_batch_size, not both")
+    if args.global_batch % world_size:
+        raise InputError(f"--global_batch {args.global_batch} does not split evenly over {world_size} processes")
+    args.train_batch_size = args.global_batch // world_size
+
+
 def model_config(args):
     """The GPT2Config of --model_card, or of the --init_checkpoint's own config (loading.resolve_config)."""
     from loranlg.loading import resolve_config
@@ -146,6 +161,7 @@ def main(argv=None, stop_after_step=None, speed=None):
     from loranlg.train_step import SpeedOptions
 
     ctx = setup_distributed(args)
+    split_global_batch(args, argv, ctx.world_size)
     args.resume_command = resume_command(__file__, argv, ctx.world_size)
     log = print if ctx.is_main else (lambda *a, **k: None)
     try:

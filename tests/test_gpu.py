@@ -5,12 +5,15 @@ losses, same LoRA weights. Beam search on the GPU (its attention kernels read th
 mask) must give the reference's outputs."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from gpt2_ft import main
-from conftest import encoded_e2e_sample
+from conftest import REPO, encoded_e2e_sample
 from test_train import write_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -21,15 +24,24 @@ def e2e_records(shared_dir, vocab_dir):
     return encoded_e2e_sample(shared_dir, vocab_dir, stride=37, count=64)  # lengths over several graph buckets
 
 
-def run(tmp_path, name, data, extra, stop_after_step=None):
-    """24 steps of gpt2.tiny with LoRA; (losses, final LoRA tensors), or None when stopped early."""
+def run(tmp_path, name, data, extra, stop_after_step=None, nproc=1):
+    """24 steps of gpt2.tiny with LoRA; (losses, final LoRA tensors), or None when stopped early. nproc > 1:
+    under torchrun, with the batch of 8 as --global_batch."""
     work = tmp_path / name
-    main([str(a) for a in ["--train_data", data, "--valid_data", data, "--model_card", "gpt2.tiny",
-                           "--lora_dim", 4, "--lora_alpha", 32, "--train_batch_size", 8, "--max_step", 24,
-                           "--warmup_step", 3, "--lr", 2e-3, "--weight_decay", 0.01, "--correct_bias",
-                           "--label_smooth", 0.1, "--clip", 1.0, "--log_interval", 8, "--save_interval", 24,
-                           "--eval_interval", 24, "--random_seed", 5, "--work_dir", work] + extra],
-         stop_after_step=stop_after_step)
+    batch = ["--train_batch_size", 8] if nproc == 1 else ["--global_batch", 8]
+    argv = [str(a) for a in ["--train_data", data, "--valid_data", data, "--model_card", "gpt2.tiny",
+                             "--lora_dim", 4, "--lora_alpha", 32, *batch, "--max_step", 24,
+                             "--warmup_step", 3, "--lr", 2e-3, "--weight_decay", 0.01, "--correct_bias",
+                             "--label_smooth", 0.1, "--clip", 1.0, "--log_interval", 8, "--save_interval", 24,
+                             "--eval_interval", 24, "--random_seed", 5, "--work_dir", work] + extra]
+    if nproc == 1:
+        main(argv, stop_after_step=stop_after_step)
+    else:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={nproc}", str(REPO / "src" / "gpt2_ft.py"), *argv],
+                              capture_output=True, text=True, timeout=600, env=dict(os.environ))
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        assert "CUDA graphs: on" in done.stdout, done.stdout[-2000:]
     if stop_after_step is not None:
         return None
     losses = [r["loss"] for r in map(json.loads, open(work / "metrics.jsonl")) if "loss" in r]
@@ -68,6 +80,22 @@ def test_cuda_graph_step_with_lora_variants_matches_eager(tmp_path, e2e_records,
     for name, tensor in eager_weights.items():
         scale = tensor.abs().max().item()
         assert (graph_weights[name] - tensor).abs().max().item() <= tolerance * max(scale, 1e-3), name
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("precision, compile, tolerance", [("fp32", "off", 1e-4), ("bf16", "auto", 2e-2)])
+def test_two_gpus_of_a_global_batch_match_one_gpu(tmp_path, e2e_records, precision, compile, tolerance):
+    """torchrun with 2 processes, each replaying the CUDA-graph step with the gradient all-reduce captured in
+    it, --global_batch 8: the losses and weights of one GPU's batch of 8 (the matrix products differ in size,
+    so rounding differs)."""
+    data = write_jsonl(tmp_path / "train.jsonl", e2e_records)
+    flags = ["--precision", precision, "--compile", compile]
+    one_losses, one_weights = run(tmp_path, "one", data, flags)
+    two_losses, two_weights = run(tmp_path, "two", data, flags, nproc=2)
+    assert len(two_losses) == 24 and two_losses == pytest.approx(one_losses, rel=tolerance)
+    for name, tensor in one_weights.items():
+        scale = tensor.abs().max().item()
+        assert (two_weights[name] - tensor).abs().max().item() <= tolerance * max(scale, 1e-3), name
 
 
 def test_a_failing_compilation_falls_back_to_the_plain_graph(tmp_path, e2e_records, monkeypatch, capsys):

@@ -16,6 +16,7 @@ re-seeded per epoch with set_epoch(epoch).
 
 import math
 import random
+from dataclasses import astuple, dataclass
 
 import torch
 from torch.utils.data.distributed import DistributedSampler
@@ -83,13 +84,33 @@ def round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
-def collate(items, seq_len, pad_to=None, length_multiple=1, positions_multiple=1):
-    """Input, target, mask [B, T] with T the longest input of the batch rounded up to length_multiple (or
-    pad_to); padding is 0 in all three, as the original's. Plus the loss positions: flat indices into B*T of
-    the mask's non-zero entries and their mask values (`weights`), padded with index 0 and weight 0 to a
-    multiple of positions_multiple (the CUDA-graph step needs few distinct shapes)."""
+def batch_sizes(items, seq_len):
+    """BatchSizes of a batch's items: what its collated shapes grow with."""
+    lengths = [min(len(tokens), seq_len) for tokens, _ in items]
+    return BatchSizes(tokens=sum(lengths), longest=max(lengths),
+                      positions=sum(max(0, length - context_len) for length, (_, context_len) in zip(lengths, items)))
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """tokens: real input tokens; longest: the longest input; positions: loss positions (the mask's 1s).
+    Passed to a collate function as `at_least`, the shapes of a larger batch (the other ranks' batches of the
+    step: the CUDA-graph step's ranks must replay graphs of one shape)."""
+    tokens: int = 0
+    longest: int = 0
+    positions: int = 0
+
+    def max(self, other):
+        return BatchSizes(*(max(a, b) for a, b in zip(astuple(self), astuple(other))))
+
+
+def collate(items, seq_len, pad_to=None, length_multiple=1, positions_multiple=1, at_least=BatchSizes()):
+    """Input, target, mask [B, T] with T the longest input of the batch (or at_least.longest) rounded up to
+    length_multiple (or pad_to); padding is 0 in all three, as the original's. Plus the loss positions: flat
+    indices into B*T of the mask's non-zero entries and their mask values (`weights`), padded with index 0 and
+    weight 0 to a multiple of positions_multiple (the CUDA-graph step needs few distinct shapes)."""
     input_lengths = [min(len(tokens), seq_len) for tokens, _ in items]
-    width = pad_to or round_up(max(input_lengths), length_multiple)
+    width = pad_to or round_up(max(max(input_lengths), at_least.longest), length_multiple)
     batch = len(items)
     inputs = torch.zeros(batch, width, dtype=torch.long)
     targets = torch.zeros(batch, width, dtype=torch.long)
@@ -99,13 +120,14 @@ def collate(items, seq_len, pad_to=None, length_multiple=1, positions_multiple=1
         shifted = tokens[1:length + 1]
         targets[row, :len(shifted)] = torch.tensor(shifted)
         mask[row, context_len - 1:length - 1] = 1.0
-    return {"input": inputs, "target": targets, "mask": mask, **loss_positions(mask, positions_multiple)}
+    return {"input": inputs, "target": targets, "mask": mask,
+            **loss_positions(mask, positions_multiple, at_least.positions)}
 
 
 PACKING_KEYS = ("position_ids", "pad_index", "pack_index", "pad_valid", "pack_valid")
 
 
-def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positions_multiple=1):
+def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positions_multiple=1, at_least=BatchSizes()):
     """The batch of collate() with its examples packed end to end into one row [1, P] (P: the real tokens,
     rounded up to tokens_multiple; padding 0), so that matrix products skip the padding. Also:
       position_ids [1, P]  each token's position within its own example (0 on padding)
@@ -113,13 +135,14 @@ def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positio
                            length_multiple; 0 past an example's end): attention gathers padded rows with it
       pack_index [P]       the padded slot b * L + t of each packed row (0 on padding): and scatters back
       pad_valid [B, L], pack_valid [P]   1.0 where a slot / row holds a real token, else 0.0
-    positions / weights index the packed row, in the order collate() gives them (example by example)."""
-    padded = collate(items, seq_len, length_multiple=length_multiple)
+    positions / weights index the packed row, in the order collate() gives them (example by example).
+    at_least: BatchSizes that P, L and the loss positions cover at least."""
+    padded = collate(items, seq_len, length_multiple=length_multiple, at_least=at_least)
     batch, width = padded["input"].shape
     lengths = torch.tensor([min(len(tokens), seq_len) for tokens, _ in items])
     real = torch.arange(width) < lengths[:, None]  # [B, L]: the slots holding tokens
     total = int(lengths.sum())
-    pack_index = torch.zeros(round_up(total, tokens_multiple), dtype=torch.long)
+    pack_index = torch.zeros(round_up(max(total, at_least.tokens), tokens_multiple), dtype=torch.long)
     pack_index[:total] = real.reshape(-1).nonzero().squeeze(1)  # row-major: example by example
     pack_valid = torch.zeros(len(pack_index))
     pack_valid[:total] = 1.0
@@ -133,15 +156,15 @@ def collate_packed(items, seq_len, length_multiple=1, tokens_multiple=1, positio
               "position_ids": pack(torch.arange(width).expand(batch, -1)),
               "pad_index": pad_index.view(batch, width), "pack_index": pack_index,
               "pad_valid": real.float(), "pack_valid": pack_valid}
-    packed.update(loss_positions(packed["mask"], positions_multiple))
+    packed.update(loss_positions(packed["mask"], positions_multiple, at_least.positions))
     return packed
 
 
-def loss_positions(mask, positions_multiple=1):
+def loss_positions(mask, positions_multiple=1, at_least=0):
     """Flat indices into the mask of its non-zero entries and their values, padded with index 0 and weight 0
-    to a multiple of positions_multiple."""
+    to a multiple of positions_multiple (and at least at_least of them)."""
     found = mask.reshape(-1).nonzero().squeeze(1)
-    count = round_up(max(len(found), 1), positions_multiple)
+    count = round_up(max(len(found), at_least, 1), positions_multiple)
     positions = torch.zeros(count, dtype=torch.long)
     positions[:len(found)] = found
     weights = torch.zeros(count, dtype=torch.float)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .grad_sync import collectives_captured
+
 
 @dataclass
 class DistContext:
@@ -44,7 +46,10 @@ def setup_distributed(args=None):
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
@@ -72,5 +77,9 @@ def gather_objects(obj, ctx):
 
 
 def cleanup(ctx):
+    if collectives_captured():
+        # Once a CUDA graph holds an NCCL collective, destroy_process_group hangs (pytorch/pytorch#115388,
+        # seen on torch 2.11): the process ends instead, and its communicators with it.
+        return
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -23,9 +23,9 @@ RESUME_FILE = "resume.pt"
 # Settings a resumed run must share with the run that wrote the resume file.
 RESUME_KEYS = ("model_card", "lora_dim", "lora_alpha", "train_batch_size", "grad_acc", "world_size", "max_step",
                "scheduler", "warmup_step", "lr", "random_seed", "seq_len", "lora_targets", "lora_scaling", "dora",
-               "lora_init", "lora_plus_ratio")
+               "lora_init", "lora_plus_ratio", "global_batch")
 # What a resume file written before a key existed ran with (the paper's recipe).
-RESUME_DEFAULTS = {**DEFAULT_SETTINGS, "lora_plus_ratio": 1.0}
+RESUME_DEFAULTS = {**DEFAULT_SETTINGS, "lora_plus_ratio": 1.0, "global_batch": None}
 
 
 def resume_settings(args, world_size, max_step):

@@ -19,6 +19,7 @@ import torch
 from . import data, optim
 from .distributed import all_reduce_mean, barrier
 from .errors import InputError, Interrupted, RunError
+from .rank_batches import make_batches
 from .resume import RESUME_FILE, last_checkpoint, load_resume, resume_settings, save_resume
 from .run_guard import StopRequest
 from .train_log import MetricsLog, StepLosses, training_progress
@@ -31,7 +32,8 @@ def load_datasets(args, vocab_size=50257):
     """Read and check both data files (before any model is built). Returns (train_set, valid_set, notes)."""
     notes = []
     sets = []
-    for path, batch_size in ((args.train_data, args.train_batch_size), (args.valid_data, args.valid_batch_size)):
+    train_batch = getattr(args, "global_batch", None) or args.train_batch_size  # what the dataset rounds up to
+    for path, batch_size in ((args.train_data, train_batch), (args.valid_data, args.valid_batch_size)):
         examples, truncated = data.read_examples(path, args.seq_len, vocab_size)
         if truncated:
             notes.append(f"{path}: {truncated} of {len(examples)} examples are longer than --seq_len "
@@ -41,7 +43,8 @@ def load_datasets(args, vocab_size=50257):
 
 
 def default_max_step(args, num_batches, world_size):
-    """The original's (max_epoch * num_batches + world_size - 1) // world_size."""
+    """The original's (max_epoch * num_batches + world_size - 1) // world_size (with --global_batch,
+    num_batches counts global batches and world_size is 1)."""
     if args.max_step:
         return args.max_step
     if not args.max_epoch:
@@ -77,16 +80,19 @@ class TrainingRun:
         self.args, self.ctx, self.model, self.log = args, ctx, model, log
         self.train_set, self.valid_set, self.save_checkpoint = train_set, valid_set, save_checkpoint
         self.progress = None
-        self.train_sampler = data.make_sampler(train_set, ctx, args.random_seed)
         valid_sampler = data.make_sampler(valid_set, ctx, args.random_seed)
         self.valid_batches = data.batch_indices(valid_sampler, args.valid_batch_size, epoch=None, drop_last=False)
-        if not data.batch_indices(self.train_sampler, args.train_batch_size, epoch=1):
+        self.step = make_step(model, args, ctx, speed, self.say)
+        global_batch = getattr(args, "global_batch", None)
+        self.batches = make_batches(train_set, ctx, args.random_seed, args.train_batch_size, global_batch,
+                                    self.step.layout, self.step.same_shapes)
+        if not self.batches.indices(epoch=1):
             raise InputError(f"{len(train_set.examples)} training examples give no full batch of "
                              f"{args.train_batch_size} per rank over {ctx.world_size} rank(s)", args.train_data)
-        self.max_step = default_max_step(args, train_set.num_batches, ctx.world_size)
-        self.say(f"max_step: {self.max_step} ({train_set.num_batches} batches of {args.train_batch_size} an epoch "
-                 f"over {ctx.world_size} rank(s))")
-        self.step = make_step(model, args, ctx, speed, self.say)
+        self.max_step = default_max_step(args, train_set.num_batches, 1 if global_batch else ctx.world_size)
+        self.say(f"max_step: {self.max_step} ({train_set.num_batches} batches of {global_batch or args.train_batch_size}"
+                 f" an epoch" + (f", {args.train_batch_size} on each of {ctx.world_size} ranks)" if global_batch
+                                 else f" over {ctx.world_size} rank(s))"))
         self.schedule = optim.Schedule(self.step.optimizer, args.scheduler, args.warmup_step, self.max_step)
         # Where we are: train_step micro-batches done; `epoch` (from 1) with `batch_in_epoch` of its batches done.
         self.train_step, self.epoch, self.batch_in_epoch, self.finished = 0, 1, 0, False
@@ -153,9 +159,7 @@ class TrainingRun:
         last_saved = last_evaluated = None
         stopped = False
         while not stopped:
-            batches = data.batch_indices(self.train_sampler, args.train_batch_size, epoch=self.epoch)
-            for number, batch in data.iterate_batches(self.train_set, batches, self.batch_in_epoch, ctx.device,
-                                                      **self.step.layout):
+            for number, batch in self.batches.epoch(self.epoch, self.batch_in_epoch):
                 self.train_batch(number, batch)
                 if self.train_step % args.save_interval == 0:
                     self.save()

@@ -1,23 +1,25 @@
 """The training step: one micro-batch in, its loss out, the optimizer updated at the end of each accumulation.
 
 Two implementations behind one call, chosen once per run (make_step):
-  EagerStep     forward and backward every micro-batch; clipping, fp16 loss scaling and the update on the
-                last of each accumulation. Any setting, any number of processes.
-  GraphedStep   one process on a GPU with --grad_acc 1: the whole step (forward, loss, backward, clipping,
-                Adam) replayed as one CUDA graph per batch shape (graphed_step.py), by default with the blocks,
-                the loss and the update compiled by torch.compile. Same numbers as the eager step
-                (tests/test_gpu.py). If compilation fails at the first capture, the run says so and goes on
-                with the uncompiled graph.
+  EagerStep     forward and backward every micro-batch; the gradients averaged over the ranks, clipping, fp16
+                loss scaling and the update on the last of each accumulation. Any setting.
+  GraphedStep   on GPUs with --grad_acc 1, one process or many: the whole step (forward, loss, backward, the
+                ranks' gradient all-reduce, clipping, Adam) replayed as one CUDA graph per batch shape
+                (graphed_step.py), by default with the blocks, the loss and the update compiled by
+                torch.compile. Same numbers as the eager step (tests/test_gpu.py). If compilation fails at the
+                first capture, the run says so and goes on with the uncompiled graph.
+Several processes share the gradients by hand (grad_sync.py), not through DistributedDataParallel, so that the
+graph can hold the collective. A batch may carry "loss_scale", its rank's share of a global batch's loss
+(rank_batches.py).
 What may be chosen is SpeedOptions; bench/ passes its own.
 """
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from . import data, optim
+from .grad_sync import average_gradients, broadcast_parameters
 from .graphed_step import GraphedTrainStep
 from .loss import LMObjective, masked_lm_loss
 from .precision import autocast_dtype, store_frozen_matrices
@@ -39,12 +41,15 @@ class SpeedOptions:
     inductor_options: Inductor's options for everything compiled. Combo kernels put independent small kernels
       (the casts of LoRA's tensors, the update's foreach ops) into one launch: on an H100 a graphed step's
       compiled kernels fall from 541 to 377 and its replay from 5.4 to 4.9 ms (BENCHMARKS.md, seventh session).
-    graph_layout: a key of GRAPH_LAYOUTS."""
+    graph_layout: a key of GRAPH_LAYOUTS.
+    capture: False runs the CUDA-graph step's function as it is, uncaptured, on any device: how the CPU tests
+      check its numbers (the packed layout, the ranks' gradient all-reduce) against the eager step."""
     cuda_graphs: bool = True
     compile: str = "auto"
     compile_optimizer: bool = True
     inductor_options: dict = field(default_factory=lambda: {"combo_kernels": True})
     graph_layout: str = "packed"
+    capture: bool = True
 
     @classmethod
     def from_args(cls, args):
@@ -64,10 +69,8 @@ def why_no_graphs(args, ctx, speed):
     """Why the CUDA-graph step cannot be used here, or None when it can."""
     if not speed.cuda_graphs:
         return "--no_cuda_graph"
-    if ctx.device.type != "cuda":
+    if ctx.device.type != "cuda" and speed.capture:
         return "not on a GPU"
-    if ctx.distributed:
-        return "several processes: DDP's gradient hooks run eagerly"
     if args.grad_acc != 1:
         return "--grad_acc above 1"
     if args.precision == "fp16":
@@ -102,6 +105,8 @@ def make_step(model, args, ctx, speed, say):
     capturable optimizer, and are captured at the first call, after the load."""
     reason = why_no_graphs(args, ctx, speed)
     say(f"CUDA graphs: {'on' if reason is None else 'off'}" + ("" if reason is None else f" ({reason})"))
+    if ctx.distributed:
+        broadcast_parameters([p for p in model.parameters() if p.requires_grad])
     optimizer = optim.create_optimizer(model, args, capturable=reason is None)
     frozen_head = None
     if ctx.device.type == "cuda" and autocast_dtype(args.precision) is not None:
@@ -115,33 +120,36 @@ def make_step(model, args, ctx, speed, say):
         say("torch.compile: " + ("on (the first steps compile: about 30 s on an H100)" if compiled
                                  else "not available in this PyTorch; going on without it"))
     if reason is None:
-        return GraphedStep(objective, optimizer, args, compiled, GRAPH_LAYOUTS[speed.graph_layout], say)
+        return GraphedStep(objective, optimizer, args, ctx, compiled, GRAPH_LAYOUTS[speed.graph_layout], say,
+                           speed.capture)
     return EagerStep(objective, optimizer, args, ctx)
+
+
+def batch_loss(objective, batch, label_smooth, packing=None):
+    """The objective's loss on a batch, times the batch's loss_scale when it has one (rank_batches.py)."""
+    loss = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], label_smooth, packing)
+    return loss * batch["loss_scale"][0] if "loss_scale" in batch else loss
 
 
 class EagerStep:
     layout = {}  # the batches of data.collate, padded to their longest example
+    same_shapes = False  # the ranks' batches may differ in shape
 
     def __init__(self, objective, optimizer, args, ctx):
         self.objective, self.optimizer, self.args = objective, optimizer, args
         self.trainable = [p for p in objective.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(ctx.device.type) if args.precision == "fp16" else None
-        self.runner = objective
-        self.distributed = ctx.distributed
-        if ctx.distributed:
-            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.runner = DistributedDataParallel(objective, device_ids=device_ids)  # the model has no buffers
+        self.world_size = ctx.world_size
 
     def __call__(self, batch, is_update):
         """Forward and backward of one micro-batch; on the last of an accumulation also the update."""
         args = self.args
-        sync = contextlib.nullcontext() if is_update or not self.distributed else self.runner.no_sync()
-        with sync:
-            loss = self.runner(batch["input"], batch["target"], batch["positions"], batch["weights"],
-                               args.label_smooth)
-            scaled = loss / args.grad_acc
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        loss = batch_loss(self.objective, batch, args.label_smooth)
+        scaled = loss / args.grad_acc
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if is_update:
+            if self.world_size > 1:
+                average_gradients(self.trainable, self.world_size)
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             if args.clip > 0:
@@ -161,15 +169,22 @@ class EagerStep:
 
 class GraphedStep:
     scaler = None
+    same_shapes = True  # every rank captures and replays the same graphs
 
-    def __init__(self, objective, optimizer, args, compiled, layout, say):
+    def __init__(self, objective, optimizer, args, ctx, compiled, layout, say, capture=True):
         self.objective, self.optimizer, self.args = objective, optimizer, args
-        self.compiled, self.layout, self.say = compiled, layout, say
+        self.compiled, self.layout, self.say, self.capture_graphs = compiled, layout, say, capture
+        self.world_size = ctx.world_size
         self.trainable = [p for p in objective.parameters() if p.requires_grad]
         self.graphed = None  # captured at the first call, after any resume has loaded the optimizer state
 
     def __call__(self, batch, is_update=True):
         """The whole update on one batch (grad_acc is 1); the loss, copied out of the graph's buffer."""
+        if not self.capture_graphs:
+            for param in self.trainable:
+                param.grad = None  # as a captured step starts: its backward writes fresh gradients
+            self.uncaptured = getattr(self, "uncaptured", None) or self.step_fn()
+            return self.uncaptured(batch)
         if self.graphed is None:
             self.graphed = self.capture()
         try:
@@ -185,20 +200,30 @@ class GraphedStep:
             self.graphed = self.capture()
             return self.graphed(batch).clone()
 
-    def capture(self):
-        args, objective, optimizer, trainable = self.args, self.objective, self.optimizer, self.trainable
+    def step_fn(self):
+        """The function a graph captures: batch (its tensors on the device) -> loss, one whole update."""
+        args, objective, optimizer, trainable, world_size = (self.args, self.objective, self.optimizer,
+                                                             self.trainable, self.world_size)
 
         def step(batch):
             packing = {name: batch[name] for name in data.PACKING_KEYS} if "pad_index" in batch else None
-            loss = objective(batch["input"], batch["target"], batch["positions"], batch["weights"],
-                             args.label_smooth, packing)
+            loss = batch_loss(objective, batch, args.label_smooth, packing)
             loss.backward()
+            if world_size > 1:
+                average_gradients(trainable, world_size)
             if args.clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, args.clip)
             optimizer.step()
             return loss.detach()
 
-        return GraphedTrainStep(step, trainable, protect=trainable + optimizer.state_tensors(), unused=("mask",))
+        return step
+
+    def capture(self):
+        trainable = self.trainable
+        # With several ranks a thread of NCCL's polls its events while we capture: "thread_local" lets it.
+        mode = "thread_local" if self.world_size > 1 else "global"
+        return GraphedTrainStep(self.step_fn(), trainable, protect=trainable + self.optimizer.state_tensors(),
+                                unused=("mask",), capture_error_mode=mode)
 
     @property
     def graphs(self):
