@@ -37,7 +37,11 @@ launch gpt2_beam.py \
   --model_card "$MODEL_CARD" "${WEIGHT_ARGS[@]}" --lora_dim "$LORA_DIM" --lora_alpha 32 \
   --beam 10 --length_penalty "$LENGTH_PENALTY" --no_repeat_ngram_size 4 --repetition_penalty 1.0 --eos_token_id 628 \
   --work_dir "$WORK_DIR" --output_file "$(basename "$OUTPUT")" \
-  "${PRECISION_ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 | tee "$WORK_DIR/beam.log"
+  "${PRECISION_ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 | tee "$WORK_DIR/beam.log" || {
+  STATUS=$?
+  die_if_nodes_never_met "$WORK_DIR/beam.log"
+  exit "$STATUS"
+}
 
 [ "$NODE_RANK" = 0 ] || exit 0
 [ -s "$OUTPUT" ] || die "beam: gpt2_beam.py ended without writing $OUTPUT (see beam.log)"

@@ -11,6 +11,8 @@
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT  (--nnodes --node_rank --master_addr --master_port) several nodes
 #                                         (defaults 1, 0, 127.0.0.1, 29500; on one node torchrun runs --standalone,
 #                                         on a free port, unless MASTER_PORT is set)
+#   RDZV_TIMEOUT --rdzv_timeout S         with several nodes, how long a node waits for the others to join
+#                                         (default torch's 600 s); past it the stage stops and says why
 #   DATA_DIR     --data_dir DIR           the task's jsonl files (default data/e2e, data/webnlg_challenge_2017,
 #                                         data/dart)
 #   PRETRAINED_DIR --pretrained_dir DIR   GPT-2 weights and vocabulary (default pretrained_checkpoints)
@@ -70,6 +72,7 @@ parse_common_args() {
       --node_rank|--node-rank) NODE_RANK=$2; shift 2 ;;
       --master_addr|--master-addr) MASTER_ADDR=$2; shift 2 ;;
       --master_port|--master-port) MASTER_PORT=$2; shift 2 ;;
+      --rdzv_timeout|--rdzv-timeout) RDZV_TIMEOUT=$2; shift 2 ;;
       --data_dir|--data-dir) DATA_DIR=$2; shift 2 ;;
       --pretrained_dir|--pretrained-dir) PRETRAINED_DIR=$2; shift 2 ;;
       --vocab) VOCAB_DIR=$2; shift 2 ;;
@@ -117,6 +120,7 @@ resolve_settings() {
   MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
   MASTER_PORT_GIVEN=${MASTER_PORT:-}
   MASTER_PORT=${MASTER_PORT:-29500}
+  RDZV_TIMEOUT=${RDZV_TIMEOUT:-}
   LAUNCHER=${LAUNCHER:-torchrun}
   FORCE=${FORCE:-0}
   PRECISION=${PRECISION:-}
@@ -137,7 +141,10 @@ resolve_settings() {
   elif [ "$INIT_CHECKPOINT" != none ]; then
     INIT_CHECKPOINT=$(absolute "$INIT_CHECKPOINT")
   fi
-  case "$NGPU$NNODES$NODE_RANK$LORA_DIM" in *[!0-9]*) die "--ngpu, --nnodes, --node_rank and --lora_dim take whole numbers" ;; esac
+  case "$NGPU$NNODES$NODE_RANK$LORA_DIM$RDZV_TIMEOUT" in
+    *[!0-9]*) die "--ngpu, --nnodes, --node_rank, --lora_dim and --rdzv_timeout take whole numbers" ;;
+  esac
+  [ "$NODE_RANK" -lt "$NNODES" ] || die "--node_rank must be below --nnodes (NODE_RANK=$NODE_RANK, NNODES=$NNODES)"
   case "$LAUNCHER" in torchrun|launch|python) ;; *) die "--launcher must be torchrun, launch or python" ;; esac
   if [ "$LAUNCHER" = python ] && [ "$((NGPU * NNODES))" -gt 1 ]; then
     die "--launcher python runs one process; use torchrun or launch for NGPU=$NGPU x NNODES=$NNODES"
@@ -185,6 +192,7 @@ launch() {
   local script=$REPO_DIR/src/$1
   shift
   local nodes=(--nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT")
+  if [ -n "$RDZV_TIMEOUT" ]; then nodes+=(--rdzv_conf=timeout="$RDZV_TIMEOUT"); fi
   case "$LAUNCHER" in
     python) run "$PY" "$script" "$@" ;;
     torchrun)
@@ -200,6 +208,18 @@ run() {
   "$@"
 }
 
+# die_if_nodes_never_met LOG: after a failed launch, when LOG shows that torchrun's rendezvous timed out (a node
+# missing, or started with another MASTER_ADDR / MASTER_PORT / NNODES), stop saying so in one line.
+die_if_nodes_never_met() {
+  local reason
+  [ "$NNODES" -gt 1 ] || return 0
+  reason=$(grep -o -m 1 'torch\.distributed\.Dist\(NetworkError\|StoreError\): .*' "$1" | sed 's/^[^:]*: //; s/\.$//') \
+    || return 0
+  die "$STAGE: node $NODE_RANK of $NNODES did not meet the other nodes at $MASTER_ADDR:$MASTER_PORT within" \
+    "${RDZV_TIMEOUT:-600} s ($reason). Start every node with the same NNODES, MASTER_ADDR and MASTER_PORT (node" \
+    "0's address, reachable from the others); RDZV_TIMEOUT (--rdzv_timeout) sets the wait"
+}
+
 # The command that runs a stage of this task, for messages: "bash scripts/train_e2e.sh", or
 # "bash scripts/train.sh --task dart".
 stage_command() {
@@ -213,6 +233,10 @@ final_checkpoint() {
     return
   fi
   local marker=$WORK_DIR/train.done
+  if [ ! -s "$marker" ] && [ "$NODE_RANK" != 0 ]; then
+    die "$STAGE: node $NODE_RANK holds no checkpoint (node 0 wrote them): set CHECKPOINT to a copy of node 0's" \
+      "model file, or run this stage on node 0 alone (NNODES=1)"
+  fi
   [ -s "$marker" ] || die "$STAGE: no finished training in $WORK_DIR (no train.done; make it with:" \
     "$(stage_command train), or set CHECKPOINT=path/to/model.pt)"
   echo "$WORK_DIR/$(cat "$marker")"

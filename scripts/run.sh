@@ -43,7 +43,7 @@ stage() {
 
 # The variables the stage scripts read (flags given here reach them this way; TASK among them).
 export_settings() {
-  export TASK MODEL NGPU WORK_DIR FORCE LAUNCHER NNODES NODE_RANK MASTER_ADDR DATA_DIR PRETRAINED_DIR \
+  export TASK MODEL NGPU WORK_DIR FORCE LAUNCHER NNODES NODE_RANK MASTER_ADDR RDZV_TIMEOUT DATA_DIR PRETRAINED_DIR \
     VOCAB_DIR INIT_CHECKPOINT MODEL_CARD PRECISION LORA_DIM PYTHON="$PY"
   export MASTER_PORT=$MASTER_PORT_GIVEN  # empty: one node picks a free port
 }

@@ -6,8 +6,9 @@
 # Reads  DATA_DIR/train.jsonl, DATA_DIR/valid.jsonl (scripts/create_datasets.sh) and the GPT-2 weights
 #        (scripts/download_pretrained_checkpoints.sh); TRAIN_DATA / VALID_DATA override the data files.
 # Writes WORK_DIR/model.{step}.pt (every 1000 steps and at the end), WORK_DIR/metrics.jsonl, WORK_DIR/train.log,
-#        and WORK_DIR/train.done naming the final checkpoint (what beam.sh reads).
-# Skipped when train.done exists, unless --force. Settings shared by all stages: below.
+#        and WORK_DIR/train.done naming the final checkpoint (what beam.sh reads). With several nodes, node 0
+#        writes these; node R writes only WORK_DIR/train.nodeR.log and train.nodeR.done (WORK_DIR may be shared).
+# Skipped when train.done (train.nodeR.done on node R) exists, unless --force. Settings shared by all stages: below.
 STAGE=train
 source "$(dirname "$0")/common.sh"
 SCRIPT_ARGS=("$@")
@@ -15,7 +16,10 @@ parse_common_args "$@"
 
 TRAIN_DATA=$(absolute "${TRAIN_DATA:-$DATA_DIR/train.jsonl}")
 VALID_DATA=$(absolute "${VALID_DATA:-$DATA_DIR/valid.jsonl}")
-MARKER=$WORK_DIR/train.done
+# Node 0 holds the run's files; another node keeps its own log and marker, so that nodes may share WORK_DIR.
+NODE_TAG=$([ "$NODE_RANK" = 0 ] || echo ".node$NODE_RANK")
+MARKER=$WORK_DIR/train$NODE_TAG.done
+TRAIN_LOG=$WORK_DIR/train$NODE_TAG.log
 
 if already_done "$MARKER"; then exit 0; fi
 need_file "$TRAIN_DATA" "bash scripts/create_datasets.sh --datasets $TASK"
@@ -28,7 +32,7 @@ fi
 need_gpu "training" "days (about 0.7 TFLOP a step, several seconds a step on a few cores, 26,290 steps for E2E)"
 mkdir -p "$WORK_DIR"
 rm -f "$MARKER"
-STAMP=$WORK_DIR/.train.started
+STAMP=$WORK_DIR/.train$NODE_TAG.started
 touch "$STAMP"
 
 # The paper's recipe (README of microsoft/LoRA examples/NLG, paper Table 11); the task's values from common.sh.
@@ -41,26 +45,35 @@ launch gpt2_ft.py \
   --save_interval 1000 --eval_interval 5000 --log_interval 100 \
   --lora_dim "$LORA_DIM" --lora_alpha 32 --lora_dropout "$LORA_DROPOUT" --label_smooth "$LABEL_SMOOTH" --random_seed 110 \
   --work_dir "$WORK_DIR" "${PRECISION_ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 \
-  | (trap '' INT TERM; exec tee "$WORK_DIR/train.log") || STATUS=$?
+  | (trap '' INT TERM; exec tee "$TRAIN_LOG") || STATUS=$?
 # tee ignores Ctrl-C / SIGTERM, so gpt2_ft.py can still report where it saved; any non-zero exit of gpt2_ft.py
 # (130 / 143 when interrupted: it saved resume.pt) ends here, without train.done.
 if [ "${STATUS:-0}" != 0 ]; then
   rm -f "$STAMP"
+  die_if_nodes_never_met "$TRAIN_LOG"
+  # gpt2_ft.py's own reason, again: under torchrun the launcher's report follows it in the log.
+  [ "$LAUNCHER" = python ] || grep -m 1 '^error: ' "$TRAIN_LOG" >&2 || true
   RESUME=(bash "$0" "${SCRIPT_ARGS[@]}")
-  case " ${SCRIPT_ARGS[*]} " in *" -- "*) RESUME+=(--resume) ;; *) RESUME+=(-- --resume) ;; esac
+  case " ${SCRIPT_ARGS[*]} " in
+    *" -- "*" --resume "*) ;;
+    *" -- "*) RESUME+=(--resume) ;;
+    *) RESUME+=(-- --resume) ;;
+  esac
   echo "error: train: gpt2_ft.py exited with status $STATUS; no train.done written. Continue with:" \
-    "$(printf '%q ' "${RESUME[@]}")(see $WORK_DIR/train.log)" >&2
+    "$(printf '%q ' "${RESUME[@]}")(see $TRAIN_LOG)" >&2
   exit "$STATUS"
 fi
 
+if [ "$NODE_RANK" != 0 ]; then
+  rm -f "$STAMP"
+  echo "node $NODE_RANK of $NNODES: done (node 0 holds the checkpoints)" > "$MARKER"
+  log "done on node $NODE_RANK (node 0 holds the checkpoints)"
+  exit 0
+fi
 # The final checkpoint: the highest step written by this run.
 FINAL=$(find "$WORK_DIR" -maxdepth 1 -name 'model.*.pt' -newer "$STAMP" -printf '%f\n' \
   | sed -n 's/^model\.\([0-9]\+\)\.pt$/\1/p' | sort -n | tail -n 1)
 rm -f "$STAMP"
-if [ "$NODE_RANK" != 0 ]; then
-  log "done on node $NODE_RANK (node 0 holds the checkpoints)"
-  exit 0
-fi
 [ -n "$FINAL" ] || die "train: gpt2_ft.py ended without writing a model.{step}.pt in $WORK_DIR (see train.log)"
 echo "model.$FINAL.pt" > "$MARKER"
 log "done: final checkpoint $WORK_DIR/model.$FINAL.pt"

@@ -156,6 +156,7 @@ def main(argv=None, stop_after_step=None, speed=None):
     from loranlg.checkpoint import save_model
     from loranlg.distributed import cleanup, setup_distributed
     from loranlg.files import output_dir
+    from loranlg.resume import RESUME_FILE, check_every_rank_sees
     from loranlg.run_guard import resume_command, work_dir_lock
     from loranlg.train import load_datasets, train
     from loranlg.train_step import SpeedOptions
@@ -166,6 +167,8 @@ def main(argv=None, stop_after_step=None, speed=None):
     log = print if ctx.is_main else (lambda *a, **k: None)
     try:
         with output_dir(args.work_dir), work_dir_lock(args.work_dir, enabled=ctx.is_main):
+            if args.resume:
+                check_every_rank_sees(os.path.join(args.work_dir, RESUME_FILE), ctx)
             train_set, valid_set, notes = load_datasets(args, model_config(args).vocab_size)
             for note in notes:
                 log(note, file=sys.stderr)

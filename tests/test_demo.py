@@ -140,6 +140,10 @@ def test_flags_are_checked(tmp_path):
     assert bad_model.returncode == 2 and "--model must be sm, md or lg" in bad_model.stderr
     unknown = run_script("beam_e2e.sh", "--beam", "5")
     assert unknown.returncode == 2 and "unknown option '--beam'" in unknown.stderr
+    for flags, message in ((["--nnodes", "2", "--node_rank", "2"], "--node_rank must be below --nnodes"),
+                           (["--rdzv_timeout", "10s"], "take whole numbers")):
+        refused = run_script("train_e2e.sh", *flags, env=dict(WORK_DIR=str(tmp_path)))
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     one_process = run_script("train_e2e.sh", "--launcher", "python", "--ngpu", "2")
     assert one_process.returncode == 2 and "runs one process" in one_process.stderr
     helped = run_script("run_e2e.sh", "--help")
@@ -159,13 +163,17 @@ def test_launcher_command_lines(tmp_path):
                WORK_DIR=str(tmp_path / "run"), PATH=stand_in_gpu(tmp_path))
     for launcher in ("torchrun", "launch"):
         done = run_script("train_e2e.sh", "--ngpu", "8", "--nnodes", "2", "--node_rank", "1",
-                          "--master_addr", "10.0.0.1", "--launcher", launcher, "--", "--max_step", "5", env=env)
-        assert done.returncode == 0, done.stderr  # node 1 writes no train.done
+                          "--master_addr", "10.0.0.1", "--launcher", launcher, "--", "--max_step", "5",
+                          env=dict(env, RDZV_TIMEOUT="60"))
+        assert done.returncode == 0, done.stderr
+        assert not (tmp_path / "run" / "train.done").exists()  # node 0's, naming its checkpoint
+        (tmp_path / "run" / "train.node1.done").unlink()  # node 1's own marker: gone, the next launcher runs too
     torchrun, launch = (tmp_path / "log").read_text().splitlines()
     module = {"torchrun": "torch.distributed.run", "launch": "torch.distributed.launch"}
     for line, launcher in ((torchrun, "torchrun"), (launch, "launch")):
         assert line.startswith(f"-m {module[launcher]} --nproc_per_node=8 --nnodes=2 --node_rank=1 "
-                               f"--master_addr=10.0.0.1 --master_port=29500 {os.path.dirname(os.path.dirname(__file__))}/src/gpt2_ft.py ")
+                               f"--master_addr=10.0.0.1 --master_port=29500 --rdzv_conf=timeout=60 "
+                               f"{os.path.dirname(os.path.dirname(__file__))}/src/gpt2_ft.py ")
         for recipe in ("--train_batch_size 8", "--lr 0.0002", "--weight_decay 0.01", "--correct_bias",
                        "--warmup_step 500", "--max_epoch 5", "--lora_dim 4", "--lora_alpha 32",
                        "--lora_dropout 0.1", "--label_smooth 0.1", "--random_seed 110", "--model_card gpt2.md"):

@@ -76,6 +76,15 @@ def gather_objects(obj, ctx):
     return out
 
 
+def all_gather_objects(obj, ctx):
+    """Every rank's picklable object, as a list on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup(ctx):
     if collectives_captured():
         # Once a CUDA graph holds an NCCL collective, destroy_process_group hangs (pytorch/pytorch#115388,

@@ -13,7 +13,7 @@ import torch
 
 from . import file_record
 from .checkpoint import first_line
-from .distributed import gather_objects
+from .distributed import all_gather_objects, gather_objects
 from .errors import InputError
 from .files import atomic_output
 from .model import unwrap
@@ -126,3 +126,18 @@ def load_resume(path, settings, model, optimizer, schedule, scaler, ctx, train_s
     set_rng_state(rank["rng"], ctx, train_set, valid_set)
     position = {key: saved[key] for key in ("train_step", "epoch", "batch_in_epoch", "finished")}
     return position, [torch.tensor(v, device=ctx.device) for v in rank["micro_losses"]]
+
+
+def check_every_rank_sees(path, ctx):
+    """With --resume over several processes: refuse (on every rank alike) when some ranks see the resume file and
+    others do not, as on nodes with a work_dir each: the ranks would start from different steps."""
+    seen = all_gather_objects(os.path.exists(path), ctx)
+    if all(seen) or not any(seen):
+        return
+    ranks = ", ".join(str(rank) for rank, there in enumerate(seen) if there != seen[0])
+    if seen[0]:
+        raise InputError(f"--resume: rank(s) {ranks} (another node) do not see this file, which rank 0 resumes from: "
+                         "copy node 0's resume.pt into every node's work_dir, or give the nodes one shared work_dir",
+                         path)
+    raise InputError(f"--resume: rank(s) {ranks} (another node) see this file but rank 0 does not: remove it there, "
+                     "or copy it into node 0's work_dir", path)
