@@ -57,16 +57,17 @@ def reference_mean(model, dataset, batches):
     return total / len(batches)
 
 
-@pytest.mark.parametrize("pack_tokens", [500, 100_000])
+@pytest.mark.parametrize("pack_tokens", [None, 100_000])  # None: validation.CPU_PACK_TOKENS, several rows
 def test_packed_validation_equals_the_batch_by_batch_loss(examples, pack_tokens):
     model = lora_model()
     dataset, reference_set = (data.FTDataset(examples, BATCH, SEQ_LEN) for _ in range(2))
     batches = rank_batches(dataset)
     assert any(i >= len(examples) for b in batches for i in b)  # random fills
     assert any(len(c) + len(x) > SEQ_LEN + 1 for c, x in examples)  # some examples are cut
-    packs = list(validation.packs(data.FTDataset(examples, BATCH, SEQ_LEN), batches, pack_tokens))
+    packs = list(validation.packs(data.FTDataset(examples, BATCH, SEQ_LEN), batches,
+                                  pack_tokens or validation.CPU_PACK_TOKENS))
     assert sum(len(items) for items, _ in packs) == 4 * len(batches)
-    assert (len(packs) > 1) == (pack_tokens == 500)
+    assert (len(packs) > 1) == (pack_tokens is None)
 
     want = reference_mean(model, reference_set, batches)
     objective = LMObjective(model)
@@ -85,7 +86,7 @@ def one_rank(rank, world_size, init_file, examples, out_dir):
         dataset = data.FTDataset(examples, BATCH, SEQ_LEN)
         ctx = DistContext(rank=rank, world_size=world_size)
         loss, _ = validation.validation_loss(LMObjective(lora_model()), dataset, rank_batches(dataset, rank, 2),
-                                             ctx, pack_tokens=500)
+                                             ctx, pack_tokens=300)
         torch.save(loss, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -24,14 +24,18 @@ from . import batch_transfer, data
 from .distributed import all_reduce_mean
 from .loss import MASK_EPSILON
 
-PACK_TOKENS = 8192  # tokens a packed row holds at most (a batch longer than that gets a row of its own)
+PACK_TOKENS = 8192  # tokens a packed row holds at most on a GPU (a longer batch gets a row of its own)
+CPU_PACK_TOKENS = 1024  # on the CPU large rows gain nothing, and the head's logits would take gigabytes
 # Rows padded to multiples: few distinct shapes for the allocator and the kernels' heuristics.
 LENGTH_MULTIPLE, TOKENS_MULTIPLE, POSITIONS_MULTIPLE = 16, 512, 512
 
 
-def validation_loss(objective, dataset, batches, ctx, pack_tokens=PACK_TOKENS):
+def validation_loss(objective, dataset, batches, ctx, pack_tokens=None):
     """(loss, perplexity) of the original's definition over `batches` (this rank's lists of dataset indices);
-    objective: loss.LMObjective, put in eval mode for the pass."""
+    objective: loss.LMObjective, put in eval mode for the pass; pack_tokens: PACK_TOKENS on a GPU, else
+    CPU_PACK_TOKENS."""
+    if pack_tokens is None:
+        pack_tokens = PACK_TOKENS if ctx.device.type == "cuda" else CPU_PACK_TOKENS
     objective.eval()
     total = torch.zeros((), dtype=torch.float64, device=ctx.device)
     try:
