@@ -136,7 +136,7 @@ def measure(ctx, data, small_valid, work_dir, card, precision, batch, warmup, st
     timer = ReplayTimes(warmup) if ctx.device.type == "cuda" and mode != "eager" else contextlib.nullcontext()
     start = time.perf_counter()
     with timer:
-        summary = train(args, ctx, model, train_set, valid_set, save_checkpoint=lambda m, p: None, speed=speed,
+        summary = train(args, ctx, model, train_set, valid_set, model_state=lambda model, on_cpu: None, speed=speed,
                         log=quiet)
     wall = time.perf_counter() - start
     replays = timer.summary() if isinstance(timer, ReplayTimes) else {}

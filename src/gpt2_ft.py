@@ -153,7 +153,7 @@ def main(argv=None, stop_after_step=None, speed=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     check_args(args)
-    from loranlg.checkpoint import save_model
+    from loranlg.checkpoint import model_state
     from loranlg.distributed import cleanup, setup_distributed
     from loranlg.files import output_dir
     from loranlg.resume import RESUME_FILE, check_every_rank_sees
@@ -175,7 +175,7 @@ def main(argv=None, stop_after_step=None, speed=None):
             log(f"rank {ctx.rank} of {ctx.world_size} on {ctx.device}; train {len(train_set.examples)} examples, "
                 f"valid {len(valid_set.examples)} examples")
             model = build(args, ctx, log)
-            return train(args, ctx, model, train_set, valid_set, save_model, speed or SpeedOptions.from_args(args),
+            return train(args, ctx, model, train_set, valid_set, model_state, speed or SpeedOptions.from_args(args),
                          stop_after_step=stop_after_step, log=print)
     finally:
         cleanup(ctx)

@@ -232,7 +232,7 @@ def test_two_steps_equal_hand_computation(tmp_path):
     lora = {n: p for n, p in reference.named_parameters() if p.requires_grad}
 
     train_set, valid_set, _ = train.load_datasets(args, vocab_size=97)
-    train.train(args, DistContext(), model, train_set, valid_set, checkpoint.save_lora, log=lambda *a, **k: None)
+    train.train(args, DistContext(), model, train_set, valid_set, checkpoint.lora_state, log=lambda *a, **k: None)
 
     generator = torch.Generator()
     generator.manual_seed(seed + 1)  # epoch 1

@@ -113,7 +113,7 @@ def test_small_model_overfits_a_handful_of_e2e_examples(tmp_path, e2e_examples):
     torch.manual_seed(0)
     model = build_model(tiny_config(vocab_size=len(vocab)), lora_dim=0)
     train_set, valid_set, _ = train.load_datasets(args, len(vocab))
-    result = train.train(args, DistContext(), model, train_set, valid_set, checkpoint.save_full,
+    result = train.train(args, DistContext(), model, train_set, valid_set, checkpoint.full_state,
                          log=lambda *a, **k: None)
     losses = [r["loss"] for r in records(tmp_path / "run") if "loss" in r]
     assert losses[0] > 4.0  # about ln(len(vocab)) at random weights

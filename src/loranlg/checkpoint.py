@@ -355,45 +355,64 @@ def natural(key):
 
 # ---------------------------------------------------------------- writing
 
-def gather(model, merged, keep=lambda name: True):
+def gather(model, merged, keep=lambda name: True, on_cpu=True):
     """Transformer-relative name -> fp32 CPU copy of each parameter that `keep` accepts, with c_attn's
-    weight as if the LoRA update were merged (`merged`) or kept apart (not), whatever the model's state."""
+    weight as if the LoRA update were merged (`merged`) or kept apart (not), whatever the model's state.
+    on_cpu=False: the fp32 tensors where the model is, for fp32 parameters the parameters' own data (copied
+    before the model changes by checkpoint_writer.py)."""
     model = unwrap(model)
+    place = (lambda tensor: tensor.to("cpu", copy=True)) if on_cpu else (lambda tensor: tensor)
     out = {}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if keep(name[len("transformer."):]):
-                out[name[len("transformer."):]] = param.detach().float().cpu().clone()
+                out[name[len("transformer."):]] = place(param.detach().float())
         for module_name, layer in named_lora_layers(model).items():
             key = module_name[len("transformer."):] + ".weight"
             if layer.merged != merged and key in out:
                 weight = layer.merged_weight() if merged else layer.unmerged_weight()
-                out[key] = weight.detach().float().cpu()
+                out[key] = place(weight.detach().float())
     return out
 
 
-def save_lora(model, path):
+def lora_state(model, on_cpu=True):
     """The LoRA tensors only, as the original writes them: {'model_state_dict': {'module.transformer.h.{i}
-    .attn.c_attn.lora_A': ...}} in fp32 (about 1.5 MB for gpt2.md at r=4)."""
-    state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False, keep=is_lora_key).items()}
+    .attn.c_attn.lora_A': ...}} in fp32 (about 1.5 MB for gpt2.md at r=4). on_cpu: as gather's."""
+    state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, False, is_lora_key, on_cpu).items()}
     if not state:
         raise ValueError("the model has no LoRA tensors (lora_dim 0); save it with save_full")
-    write_torch(file_record.sealed({"model_state_dict": state}, unwrap(model).config), path)
+    return {"model_state_dict": state}
+
+
+def full_state(model, on_cpu=True):
+    """The whole model (LoRA unmerged) in the original's layout: {'model_state_dict': {'module.transformer.*'}}."""
+    return {"model_state_dict": {ORIGINAL_PREFIX + k: v for k, v in gather(model, False, on_cpu=on_cpu).items()}}
+
+
+def model_state(model, on_cpu=True):
+    """What gpt2_ft.py writes as model.{step}.pt: the LoRA tensors (lora_state), or with no LoRA the whole
+    model (full_state)."""
+    return lora_state(model, on_cpu) if unwrap(model).config.lora_dim > 0 else full_state(model, on_cpu)
+
+
+def save_lora(model, path):
+    """lora_state written to `path` (sealed, atomically)."""
+    write_sealed(lora_state(model), model, path)
 
 
 def save_full(model, path):
-    """The whole model (LoRA unmerged) in the original's layout: {'model_state_dict': {'module.transformer.*'}}."""
-    state = {ORIGINAL_PREFIX + k: v for k, v in gather(model, merged=False).items()}
-    write_torch(file_record.sealed({"model_state_dict": state}, unwrap(model).config), path)
+    """full_state written to `path`."""
+    write_sealed(full_state(model), model, path)
 
 
 def save_model(model, path):
-    """What gpt2_ft.py writes as model.{step}.pt: the LoRA tensors (save_lora), or with no LoRA the whole
-    model (save_full)."""
-    if unwrap(model).config.lora_dim > 0:
-        save_lora(model, path)
-    else:
-        save_full(model, path)
+    """model_state written to `path`."""
+    write_sealed(model_state(model), model, path)
+
+
+def write_sealed(content, model, path):
+    """`content` with its file_record entry (the model's settings, the checksum), written atomically."""
+    write_torch(file_record.sealed(content, unwrap(model).config), path)
 
 
 def write_torch(obj, path):

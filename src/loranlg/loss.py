@@ -26,22 +26,27 @@ def position_losses(logits, targets, label_smooth=0.0):
     return F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=label_smooth)
 
 
-def masked_lm_loss(hidden, head_weight, target, positions, weights, label_smooth=0.0, head_dtype=torch.float32,
-                   vocab_size=None):
-    """The batch loss from the final hidden states [B, T, d] and the (tied) head weight [V, d].
-
-    positions: flat indices into B*T of the loss positions, weights: their mask values (collate gives both;
-    entries of weight 0 pad them to a fixed count and add nothing). sum(weights) is the original's sum(mask).
-    vocab_size: the real vocabulary when head_weight has padding rows."""
+def masked_position_losses(hidden, head_weight, target, positions, label_smooth=0.0, head_dtype=torch.float32,
+                           vocab_size=None):
+    """position_losses at the loss positions, from the final hidden states [B, T, d] and the (tied) head
+    weight [V, d]. positions: flat indices into B*T (collate gives them); vocab_size: the real vocabulary
+    when head_weight has padding rows."""
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         logits = F.linear(picked.to(head_dtype), head_weight.to(head_dtype))[:, :vocab_size]
-    losses = position_losses(logits, target.reshape(-1).index_select(0, positions), label_smooth)
+    return position_losses(logits, target.reshape(-1).index_select(0, positions), label_smooth)
+
+
+def masked_lm_loss(hidden, head_weight, target, positions, weights, label_smooth=0.0, head_dtype=torch.float32,
+                   vocab_size=None):
+    """The batch loss. weights: the loss positions' mask values (collate gives them; entries of weight 0 pad
+    the positions to a fixed count and add nothing). sum(weights) is the original's sum(mask)."""
+    losses = masked_position_losses(hidden, head_weight, target, positions, label_smooth, head_dtype, vocab_size)
     return (losses * weights).sum() / (weights.sum() + MASK_EPSILON)
 
 
 class LMObjective(nn.Module):
-    """GPT-2 plus its loss as one module, so that DistributedDataParallel sees the whole forward pass.
+    """GPT-2 plus its loss as one module: what a training step runs (and torch.compile and the CUDA graph see).
 
     frozen_head: a low-precision copy of the frozen tied head (precision.store_frozen_matrices), or None
     to use the embedding itself."""
@@ -57,12 +62,20 @@ class LMObjective(nn.Module):
         return self.frozen_head if self.frozen_head is not None else self.model.transformer.wte.weight
 
     def forward(self, input, target, positions, weights, label_smooth=0.0, packing=None):
-        """packing: the position_ids / pad_index / pack_index / ... of a packed batch (data.collate_packed)."""
+        """The batch loss. packing: the position_ids / pad_index / pack_index / ... of a packed batch
+        (data.collate_packed)."""
+        return self.loss_fn(self.hidden_states(input, packing), self.head_weight(), target, positions, weights,
+                            label_smooth, self.autocast_dtype or torch.float32, self.model.config.vocab_size)
+
+    def position_losses(self, input, target, positions, label_smooth=0.0, packing=None):
+        """The loss of each loss position, unweighted (validation.py sums them per batch)."""
+        return masked_position_losses(self.hidden_states(input, packing), self.head_weight(), target, positions,
+                                      label_smooth, self.autocast_dtype or torch.float32,
+                                      self.model.config.vocab_size)
+
+    def hidden_states(self, input, packing=None):
         with torch.autocast(device_type=input.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             if packing is None:
-                hidden = self.model.hidden_states(input)
-            else:
-                hidden = self.model.hidden_states(input, packing["position_ids"], PackedAttention(packing))
-        return self.loss_fn(hidden, self.head_weight(), target, positions, weights, label_smooth,
-                            self.autocast_dtype or torch.float32, self.model.config.vocab_size)
+                return self.model.hidden_states(input)
+            return self.model.hidden_states(input, packing["position_ids"], PackedAttention(packing))

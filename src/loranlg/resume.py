@@ -15,8 +15,6 @@ from . import file_record
 from .checkpoint import first_line
 from .distributed import all_gather_objects, gather_objects
 from .errors import InputError
-from .files import atomic_output
-from .model import unwrap
 from .lora_variants import DEFAULT_SETTINGS
 
 RESUME_FILE = "resume.pt"
@@ -50,25 +48,24 @@ def set_rng_state(state, ctx, train_set, valid_set):
         torch.cuda.set_rng_state(state["cuda"], ctx.device)
 
 
-def save_resume(path, settings, position, model, optimizer, schedule, scaler, micro_losses, ctx, train_set,
-                valid_set):
-    """Collective: every rank calls it; rank 0 writes. position: train_step, epoch, batch_in_epoch,
-    finished."""
+def resume_state(settings, position, model, optimizer, schedule, scaler, micro_losses, ctx, train_set, valid_set):
+    """resume.pt's content on rank 0, None elsewhere. Collective: every rank calls it (each gives its random
+    generators). position: train_step, epoch, batch_in_epoch, finished. The tensors are the live ones (the
+    weights, their gradients, the optimizer's state), not copies: checkpoint_writer.py copies them before
+    the next step changes them and writes the file."""
     ranks = gather_objects({"rng": rng_state(ctx, train_set, valid_set),
                             "micro_losses": [float(x) for x in micro_losses]}, ctx)
     if not ctx.is_main:
-        return
+        return None
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    state = {
+    return {
         "settings": settings, **position,
-        "trainable": {n: p.detach().cpu() for n, p in named},
-        "grads": {n: p.grad.detach().cpu() for n, p in named if p.grad is not None},
+        "trainable": {n: p.detach() for n, p in named},
+        "grads": {n: p.grad.detach() for n, p in named if p.grad is not None},
         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ranks": ranks,
     }
-    with atomic_output(path, "wb") as handle:
-        torch.save(file_record.sealed(state, unwrap(model).config), handle)
 
 
 def read_resume(path):

@@ -3,7 +3,8 @@
 The step counter counts micro-batches, as the original's train_step: the optimizer updates when
 train_step % grad_acc == 0, the schedule steps after every micro-batch, training stops when
 train_step == max_step. Checkpoints are model.{train_step}.pt; metrics.jsonl gets one record per update.
-The step itself (eager or CUDA graph) is train_step.py's; resume.pt is resume.py's.
+The step itself (eager or CUDA graph) is train_step.py's; resume.pt is resume.py's; both files are written in
+the background (checkpoint_writer.py); the validation loss is validation.py's.
 
 The hot loop keeps losses on the device; they are read (one all-reduce, one copy) only at log, save and
 eval points, where the metrics records of the steps since the last read are written (train_log.py).
@@ -17,13 +18,16 @@ import time
 import torch
 
 from . import data, optim
-from .distributed import all_reduce_mean, barrier
+from .checkpoint_writer import CheckpointWriter
+from .distributed import barrier
 from .errors import InputError, Interrupted, RunError
+from .model import unwrap
 from .rank_batches import make_batches
-from .resume import RESUME_FILE, last_checkpoint, load_resume, resume_settings, save_resume
+from .resume import RESUME_FILE, last_checkpoint, load_resume, resume_settings, resume_state
 from .run_guard import StopRequest
 from .train_log import MetricsLog, StepLosses, training_progress
 from .train_step import SpeedOptions, make_step
+from .validation import validation_loss
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -53,22 +57,22 @@ def default_max_step(args, num_batches, world_size):
 
 
 def evaluate(objective, valid_set, valid_batches, ctx):
-    """Validation loss (s = 0) averaged per batch, then over the batches of all ranks; and its exp."""
-    objective.eval()
-    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    with torch.no_grad():
-        for _, batch in data.iterate_batches(valid_set, valid_batches, device=ctx.device):
-            total += objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.0).double()
-    objective.train()
-    loss = all_reduce_mean(total.item() / max(1, len(valid_batches)), ctx)
-    return loss, math.exp(min(loss, 700.0))
+    """Validation loss (s = 0) averaged per batch, then over the batches of all ranks; and its exp
+    (validation.py: computed over packed rows)."""
+    return validation_loss(objective, valid_set, valid_batches, ctx)
 
 
-def train(args, ctx, model, train_set, valid_set, save_checkpoint, speed=None, stop_after_step=None, log=print):
-    """Train `model` (built, loaded, trainable parameters marked, on ctx.device). save_checkpoint(model, path)
-    writes model.{step}.pt. speed: SpeedOptions (default: from --no_cuda_graph and --compile).
-    stop_after_step simulates an interruption (for resume tests). Returns a summary."""
-    run = TrainingRun(args, ctx, model, train_set, valid_set, save_checkpoint, speed or SpeedOptions.from_args(args),
+def all_finite(tensors):
+    """Whether every element of every tensor is finite, with one read of the device."""
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def train(args, ctx, model, train_set, valid_set, model_state, speed=None, stop_after_step=None, log=print):
+    """Train `model` (built, loaded, trainable parameters marked, on ctx.device). model_state(model, on_cpu) is
+    the content of model.{step}.pt (checkpoint.model_state, lora_state or full_state), None for no model file.
+    speed: SpeedOptions (default: from --no_cuda_graph and --compile). stop_after_step simulates an
+    interruption (for resume tests). Returns a summary."""
+    run = TrainingRun(args, ctx, model, train_set, valid_set, model_state, speed or SpeedOptions.from_args(args),
                       log)
     if run.resume() is not None:
         return {"train_step": run.train_step, "max_step": run.max_step}
@@ -76,9 +80,9 @@ def train(args, ctx, model, train_set, valid_set, save_checkpoint, speed=None, s
 
 
 class TrainingRun:
-    def __init__(self, args, ctx, model, train_set, valid_set, save_checkpoint, speed, log):
+    def __init__(self, args, ctx, model, train_set, valid_set, model_state, speed, log):
         self.args, self.ctx, self.model, self.log = args, ctx, model, log
-        self.train_set, self.valid_set, self.save_checkpoint = train_set, valid_set, save_checkpoint
+        self.train_set, self.valid_set, self.model_state = train_set, valid_set, model_state
         self.progress = None
         valid_sampler = data.make_sampler(valid_set, ctx, args.random_seed)
         self.valid_batches = data.batch_indices(valid_sampler, args.valid_batch_size, epoch=None, drop_last=False)
@@ -98,7 +102,8 @@ class TrainingRun:
         self.train_step, self.epoch, self.batch_in_epoch, self.finished = 0, 1, 0, False
         self.micro_losses = []  # of the accumulation under way
         self.resume_path = os.path.join(args.work_dir, RESUME_FILE)
-        self.last_model = self.resume_step = None  # this run's last model.{step}.pt and resume.pt
+        self.last_model = self.resume_step = None  # this run's last model.{step}.pt and resume.pt written
+        self.writer = CheckpointWriter()
         self.settings = resume_settings(args, ctx.world_size, self.max_step)
 
     def say(self, *lines, **kwargs):
@@ -138,13 +143,16 @@ class TrainingRun:
         try:
             with StopRequest() as request:
                 stopped = self.run_steps(stop_after_step, request)
+                self.writer.wait()  # the last files are written (or their failure raised)
                 if request.signum is not None and stopped == "signal":
                     self.stop_on_signal(request.signum)
         except Interrupted:
             raise
         except RunError as err:  # a full disk, a non-finite loss: say what is kept
+            self.writer.wait(raise_failure=False)  # what is kept is known once the writes under way end
             raise RunError(f"{err.message}; {self.kept()}", err.path) from None
         finally:
+            self.writer.wait(raise_failure=False)
             self.metrics.close()
         graphs = self.step.graphs
         if graphs:
@@ -192,6 +200,7 @@ class TrainingRun:
     def stop_on_signal(self, signum):
         """Ctrl-C / SIGTERM: save resume.pt at this step (no model file), say how to go on, exit 128 + signum."""
         self.save_resume(final=False)
+        self.writer.wait()
         name = signal.Signals(signum).name
         command = getattr(self.args, "resume_command", None) or "the same command with --resume"
         raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; its state is "
@@ -241,27 +250,41 @@ class TrainingRun:
         self.losses.read_now()
 
     def save(self, final=False):
-        """model.{step}.pt and resume.pt (every rank calls it); never weights that are not finite."""
+        """model.{step}.pt and resume.pt (every rank calls it); never weights that are not finite. The files are
+        written in the background; a failure of the previous save's is raised here."""
         self.read_losses()
-        if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
+        self.writer.wait()
+        if not all_finite([p for p in self.model.parameters() if p.requires_grad]):
             raise RunError(f"the weights are not finite (nan or inf) after step {self.train_step}: the run stopped "
                            "without saving them (a too high --lr?)")
-        path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
-        if self.ctx.is_main:
+        files = []
+        content = self.model_state(self.model, on_cpu=False) if self.ctx.is_main else None
+        if content is not None:
+            path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
             self.say(f"saving checkpoint {path}")
-            self.save_checkpoint(self.model, path)
-            self.last_model = path
-        self.save_resume(final)
+            files.append((path, content))
+        self.save_resume(final, files)
 
-    def save_resume(self, final):
+    def save_resume(self, final, files=()):
+        """resume.pt (after `files`, the model file of this step), written in the background."""
         self.read_losses()
         position = {"train_step": self.train_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                     "finished": final}
-        save_resume(self.resume_path, self.settings, position, self.model, self.step.optimizer, self.schedule,
-                    self.step.scaler, self.micro_losses, self.ctx, self.train_set, self.valid_set)
-        self.resume_step = self.train_step
+        content = resume_state(self.settings, position, self.model, self.step.optimizer, self.schedule,
+                               self.step.scaler, self.micro_losses, self.ctx, self.train_set, self.valid_set)
+        files = list(files) + ([(self.resume_path, content)] if content is not None else [])
+        self.writer.save(files, unwrap(self.model).config, self.written(self.train_step))
         barrier(self.ctx)
         self.losses.restart_clock()
+
+    def written(self, step):
+        """What the writer calls once a file of the save at `step` is in place (kept() names it)."""
+        def note(path):
+            if path == self.resume_path:
+                self.resume_step = step
+            else:
+                self.last_model = path
+        return note
 
     def run_eval(self):
         self.read_losses()
