@@ -8,6 +8,8 @@
 # Writes WORK_DIR/model.{step}.pt (every 1000 steps and at the end), WORK_DIR/metrics.jsonl, WORK_DIR/train.log,
 #        and WORK_DIR/train.done naming the final checkpoint (what beam.sh reads). With several nodes, node 0
 #        writes these; node R writes only WORK_DIR/train.nodeR.log and train.nodeR.done (WORK_DIR may be shared).
+# GLOBAL_BATCH=G: G examples a step split over all processes (gpt2_ft.py --global_batch), e.g. GLOBAL_BATCH=8 with
+#        --ngpu 2 reproduces the paper's one-GPU run step for step; unset (default): 8 per process, as the original.
 # Skipped when train.done (train.nodeR.done on node R) exists, unless --force. Settings shared by all stages: below.
 STAGE=train
 source "$(dirname "$0")/common.sh"
@@ -29,6 +31,8 @@ if [ "$INIT_CHECKPOINT" != none ]; then
   need_file "$INIT_CHECKPOINT" "bash scripts/download_pretrained_checkpoints.sh $MODEL"
   INIT_ARGS=(--init_checkpoint "$INIT_CHECKPOINT")
 fi
+BATCH_ARGS=(--train_batch_size 8)
+if [ -n "${GLOBAL_BATCH:-}" ]; then BATCH_ARGS=(--global_batch "$GLOBAL_BATCH"); fi
 need_gpu "training" "days (about 0.7 TFLOP a step, several seconds a step on a few cores, 26,290 steps for E2E)"
 mkdir -p "$WORK_DIR"
 rm -f "$MARKER"
@@ -38,7 +42,7 @@ touch "$STAMP"
 # The paper's recipe (README of microsoft/LoRA examples/NLG, paper Table 11); the task's values from common.sh.
 launch gpt2_ft.py \
   --train_data "$TRAIN_DATA" --valid_data "$VALID_DATA" \
-  --train_batch_size 8 --grad_acc 1 --valid_batch_size 4 --seq_len 512 \
+  "${BATCH_ARGS[@]}" --grad_acc 1 --valid_batch_size 4 --seq_len 512 \
   --model_card "$MODEL_CARD" "${INIT_ARGS[@]}" \
   --platform local --clip 0.0 --lr 0.0002 --weight_decay "$WEIGHT_DECAY" --correct_bias --adam_beta2 0.999 \
   --scheduler linear --warmup_step 500 --max_epoch 5 \

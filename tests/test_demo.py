@@ -179,6 +179,10 @@ def test_launcher_command_lines(tmp_path):
                        "--lora_dropout 0.1", "--label_smooth 0.1", "--random_seed 110", "--model_card gpt2.md"):
             assert f" {recipe} " in f" {line} "
         assert line.endswith("--max_step 5")
+    (tmp_path / "log").unlink()
+    run_script("train_e2e.sh", "--ngpu", "2", "--force", env=dict(env, GLOBAL_BATCH="8"))  # the stand-in writes no model
+    line = (tmp_path / "log").read_text()
+    assert " --global_batch 8 " in line and "--train_batch_size" not in line
 
 
 @slow
