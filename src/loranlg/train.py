@@ -9,6 +9,7 @@ The hot loop keeps losses on the device; they are read (one all-reduce, one copy
 eval points, where the metrics records of the steps since the last read are written (train_log.py).
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -187,8 +188,11 @@ class TrainingRun:
 
     def stop_on_signal(self, signum):
         """Ctrl-C / SIGTERM: save resume.pt at this step (no model file), say how to go on, exit 128 + signum."""
-        self.save_resume(final=False)
         name = signal.Signals(signum).name
+        if not getattr(self.step, "resumable", True):
+            raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; a --deepspeed "
+                              f"run does not resume: {self.kept()}", exit_code=128 + signum)
+        self.save_resume(final=False)
         command = getattr(self.args, "resume_command", None) or "the same command with --resume"
         raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; its state is "
                           f"saved in {self.resume_path}. Continue with: {command}", exit_code=128 + signum)
@@ -239,18 +243,22 @@ class TrainingRun:
     def save(self, final=False):
         """model.{step}.pt and resume.pt (every rank calls it); never weights that are not finite."""
         self.read_losses()
-        if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
-            raise RunError(f"the weights are not finite (nan or inf) after step {self.train_step}: the run stopped "
-                           "without saving them (a too high --lr?)")
-        path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
-        if self.ctx.is_main:
-            self.say(f"saving checkpoint {path}")
-            self.save_checkpoint(self.model, path)
-            self.last_model = path
+        with getattr(self.step, "full_weights", contextlib.nullcontext)():  # DeepSpeed: the fp32 weights, gathered
+            if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
+                raise RunError(f"the weights are not finite (nan or inf) after step {self.train_step}: the run "
+                               "stopped without saving them (a too high --lr?)")
+            path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
+            if self.ctx.is_main:
+                self.say(f"saving checkpoint {path}")
+                self.save_checkpoint(self.model, path)
+                self.last_model = path
         self.save_resume(final)
 
     def save_resume(self, final):
         self.read_losses()
+        if not getattr(self.step, "resumable", True):  # DeepSpeed: no resume.pt
+            barrier(self.ctx)
+            return
         position = {"train_step": self.train_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                     "finished": final}
         save_resume(self.resume_path, self.settings, position, self.model, self.step.optimizer, self.schedule,
