@@ -3,6 +3,7 @@
   python src/gpt2_ft.py --train_data ... --valid_data ... [flags]                      one process
   python -m torch.distributed.launch --nproc_per_node=N src/gpt2_ft.py ...            N processes
   torchrun --nproc_per_node=N [--nnodes ...] src/gpt2_ft.py ...                        N processes (or nodes)
+  deepspeed [--num_gpus N] src/gpt2_ft.py --deepspeed --deepspeed_config ds.json ...    DeepSpeed's engine
 """
 
 import argparse
@@ -11,7 +12,7 @@ import random
 import sys
 
 # Only torch-free modules here, so that --help answers at once; the rest is imported once the flags are read.
-from loranlg import flags
+from loranlg import deepspeed_config, flags
 from loranlg.cards import CARDS
 from loranlg.errors import InputError, run_cli
 from loranlg.flags import (FIXED_RATE_SCHEDULES, PRECISION_NAMES, SCHEDULES, add_distributed_args,
@@ -73,6 +74,15 @@ def build_parser():
     run.add_argument("--resume", action="store_true",
                      help="continue from work_dir/resume.pt (weights, optimizer, schedule, step, RNG, data "
                           "position); starts from the beginning when there is none yet")
+    ds = parser.add_argument_group("DeepSpeed (optional: pip install deepspeed; docs/training.md, \"DeepSpeed\")")
+    ds.add_argument("--deepspeed", action="store_true",
+                    help="train through DeepSpeed's engine (ZeRO stage 0-3, fp32 or bf16) with this command's "
+                         "loss, AdamW, schedule and model.{step}.pt files; launch with `deepspeed` or torchrun; "
+                         "no --resume")
+    ds.add_argument("--deepspeed_config", default=None, metavar="FILE",
+                    help="DeepSpeed's JSON config (with --deepspeed): zero_optimization, bf16, ...; the batch, "
+                         "accumulation and clipping keys must equal the flags' or be \"auto\" (samples: "
+                         "scripts/ds_zero{1,2,3}_bf16.json)")
     opt = parser.add_argument_group("optimizer (Adam with decoupled weight decay)")
     opt.add_argument("--lr", type=flags.non_negative, default=0.00001, help="peak learning rate (1e-5)")
     opt.add_argument("--weight_decay", type=flags.non_negative, default=0.01, help="decoupled weight decay (0.01)")
@@ -107,6 +117,7 @@ def check_args(args):
         raise InputError(str(err)) from None
     if args.lora_dim == 0 and args.lora_plus_ratio != 1.0:
         raise InputError("--lora_plus_ratio sets B's learning rate: it needs LoRA (--lora_dim above 0)")
+    args.deepspeed_settings = deepspeed_config.settings_from_args(args, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def split_global_batch(args, argv, world_size):

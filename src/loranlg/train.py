@@ -10,6 +10,7 @@ The hot loop keeps losses on the device; they are read (one all-reduce, one copy
 eval points, where the metrics records of the steps since the last read are written (train_log.py).
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -199,9 +200,13 @@ class TrainingRun:
 
     def stop_on_signal(self, signum):
         """Ctrl-C / SIGTERM: save resume.pt at this step (no model file), say how to go on, exit 128 + signum."""
+        name = signal.Signals(signum).name
+        if not getattr(self.step, "resumable", True):
+            self.writer.wait()
+            raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; a --deepspeed "
+                              f"run does not resume: {self.kept()}", exit_code=128 + signum)
         self.save_resume(final=False)
         self.writer.wait()
-        name = signal.Signals(signum).name
         command = getattr(self.args, "resume_command", None) or "the same command with --resume"
         raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; its state is "
                           f"saved in {self.resume_path}. Continue with: {command}", exit_code=128 + signum)
@@ -254,25 +259,30 @@ class TrainingRun:
         written in the background; a failure of the previous save's is raised here."""
         self.read_losses()
         self.writer.wait()
-        if not all_finite([p for p in self.model.parameters() if p.requires_grad]):
-            raise RunError(f"the weights are not finite (nan or inf) after step {self.train_step}: the run stopped "
-                           "without saving them (a too high --lr?)")
-        files = []
-        content = self.model_state(self.model, on_cpu=False) if self.ctx.is_main else None
-        if content is not None:
-            path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
-            self.say(f"saving checkpoint {path}")
-            files.append((path, content))
+        gathered = getattr(self.step, "full_weights", None)  # DeepSpeed: the fp32 weights, gathered meanwhile
+        with gathered() if gathered else contextlib.nullcontext():
+            if not all_finite([p for p in self.model.parameters() if p.requires_grad]):
+                raise RunError(f"the weights are not finite (nan or inf) after step {self.train_step}: the run "
+                               "stopped without saving them (a too high --lr?)")
+            files = []
+            # DeepSpeed frees gathered weights on its own streams: copied to the host before they go
+            content = self.model_state(self.model, on_cpu=gathered is not None) if self.ctx.is_main else None
+            if content is not None:
+                path = os.path.join(self.args.work_dir, f"model.{self.train_step}.pt")
+                self.say(f"saving checkpoint {path}")
+                files.append((path, content))
         self.save_resume(final, files)
 
     def save_resume(self, final, files=()):
         """resume.pt (after `files`, the model file of this step), written in the background."""
         self.read_losses()
-        position = {"train_step": self.train_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                    "finished": final}
-        content = resume_state(self.settings, position, self.model, self.step.optimizer, self.schedule,
-                               self.step.scaler, self.micro_losses, self.ctx, self.train_set, self.valid_set)
-        files = list(files) + ([(self.resume_path, content)] if content is not None else [])
+        files = list(files)
+        if getattr(self.step, "resumable", True):  # DeepSpeed: no resume.pt
+            position = {"train_step": self.train_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                        "finished": final}
+            content = resume_state(self.settings, position, self.model, self.step.optimizer, self.schedule,
+                                   self.step.scaler, self.micro_losses, self.ctx, self.train_set, self.valid_set)
+            files += [(self.resume_path, content)] if content is not None else []
         self.writer.save(files, unwrap(self.model).config, self.written(self.train_step))
         barrier(self.ctx)
         self.losses.restart_clock()

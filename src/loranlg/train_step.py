@@ -103,6 +103,9 @@ def make_step(model, args, ctx, speed, say):
     """The step for this run, with its objective and optimizer (step.objective, step.optimizer, step.scaler);
     `say` prints a line on rank 0. Make it before loading a resume file into the optimizer: graphs need a
     capturable optimizer, and are captured at the first call, after the load."""
+    if getattr(args, "deepspeed_settings", None) is not None:  # --deepspeed: DeepSpeed's engine takes the step
+        from .deepspeed_engine import make_deepspeed_step
+        return make_deepspeed_step(model, args, ctx, say)
     reason = why_no_graphs(args, ctx, speed)
     say(f"CUDA graphs: {'on' if reason is None else 'off'}" + ("" if reason is None else f" ({reason})"))
     if ctx.distributed:
