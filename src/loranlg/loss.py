@@ -61,17 +61,16 @@ class LMObjective(nn.Module):
     def head_weight(self):
         return self.frozen_head if self.frozen_head is not None else self.model.transformer.wte.weight
 
-    def forward(self, input, target, positions, weights, label_smooth=0.0, packing=None):
+    def forward(self, input, target, positions, weights, label_smooth=0.0, packing=None, per_position=False):
         """The batch loss. packing: the position_ids / pad_index / pack_index / ... of a packed batch
-        (data.collate_packed)."""
-        return self.loss_fn(self.hidden_states(input, packing), self.head_weight(), target, positions, weights,
-                            label_smooth, self.autocast_dtype or torch.float32, self.model.config.vocab_size)
-
-    def position_losses(self, input, target, positions, label_smooth=0.0, packing=None):
-        """The loss of each loss position, unweighted (validation.py sums them per batch)."""
-        return masked_position_losses(self.hidden_states(input, packing), self.head_weight(), target, positions,
-                                      label_smooth, self.autocast_dtype or torch.float32,
-                                      self.model.config.vocab_size)
+        (data.collate_packed). per_position: the loss of each loss position instead, unweighted (validation.py
+        sums them per batch; a forward, so that a wrapper's hooks see it: DeepSpeed's ZeRO-3 gathers weights)."""
+        hidden = self.hidden_states(input, packing)
+        if per_position:
+            return masked_position_losses(hidden, self.head_weight(), target, positions, label_smooth,
+                                          self.autocast_dtype or torch.float32, self.model.config.vocab_size)
+        return self.loss_fn(hidden, self.head_weight(), target, positions, weights, label_smooth,
+                            self.autocast_dtype or torch.float32, self.model.config.vocab_size)
 
     def hidden_states(self, input, packing=None):
         with torch.autocast(device_type=input.device.type, dtype=self.autocast_dtype or torch.float32,

@@ -73,8 +73,8 @@ def batch_losses(objective, items, batch_of_item, seq_len, device):
     # The batch of each loss position (the padding positions, of weight 0, are given batch 0).
     packed["segment"] = torch.tensor(batch_of_item)[item_of_token[packed["positions"]]]
     batch = batch_transfer.to_device(packed, device)
-    losses = objective.position_losses(batch["input"], batch["target"], batch["positions"], 0.0,
-                                       {name: batch[name] for name in data.PACKING_KEYS})
+    losses = objective(batch["input"], batch["target"], batch["positions"], batch["weights"], 0.0,
+                       {name: batch[name] for name in data.PACKING_KEYS}, per_position=True)
     weights = batch["weights"].double()
     count = batch_of_item[-1] + 1
     loss_sums = torch.zeros(count, dtype=torch.float64, device=device).index_add_(
