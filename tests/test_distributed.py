@@ -2,6 +2,7 @@
 step for step (losses and final weights), with gradient accumulation, a resumed run and the CUDA-graph step's
 packed layout (its function run uncaptured); the ranks' batches of that step agree on one shape."""
 
+import json
 import os
 import subprocess
 import sys
@@ -114,33 +115,38 @@ def test_refuses_a_global_batch_that_does_not_split(tmp_path, train_file):
 
 
 RANK_SHAPES = textwrap.dedent("""
-    import sys
+    import json, sys
     sys.path.insert(0, {src!r})
     import torch
     from loranlg import data
-    from loranlg.distributed import setup_distributed
+    from loranlg.distributed import cleanup, setup_distributed
     from loranlg.rank_batches import make_batches
     from loranlg.train_step import GRAPH_LAYOUTS
     ctx = setup_distributed()
     examples = [([1] * (2 + i % 5), [2] * (1 + (7 * i) % 11)) for i in range(40)]
     dataset = data.FTDataset(examples, 4, 64)
-    batches = make_batches(dataset, ctx, 3, 4, layout=GRAPH_LAYOUTS["packed"], same_shapes=True)
-    for number, batch in batches.epoch(1):
-        shapes = torch.tensor([batch[k].numel() for k in sorted(batch)])
-        every = [torch.empty_like(shapes) for _ in range(ctx.world_size)]
-        torch.distributed.all_gather(every, shapes)
-        assert all(torch.equal(every[0], s) for s in every), (number, every)
-        print(number, ctx.rank, shapes.tolist())
+    batches = make_batches(dataset, ctx, 3, 4, layout=GRAPH_LAYOUTS["packed"], same_shapes={same})
+    shapes = [{{k: list(batch[k].shape) for k in batch}} for _, batch in batches.epoch(1)]
+    json.dump(shapes, open(sys.argv[1] + f"/shapes{{ctx.rank}}.json", "w"))
+    cleanup(ctx)
 """)
 
 
-def test_ranks_of_the_graph_step_agree_on_each_batch_shape(tmp_path):
-    """Per-process batches of unequal lengths, padded to the largest of the ranks' sizes every step."""
+def rank_shapes(tmp_path, same):
     script = tmp_path / "shapes.py"
-    script.write_text(RANK_SHAPES.format(src=str(REPO / "src")))
+    script.write_text(RANK_SHAPES.format(src=str(REPO / "src"), same=same))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], capture_output=True, text=True, timeout=300,
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.split("\n")
-    assert sum(1 for line in lines if line.strip()) == 10  # 40 examples, 2 ranks, batches of 4
+    return [json.loads((tmp_path / f"shapes{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_ranks_of_the_graph_step_agree_on_each_batch_shape(tmp_path):
+    """Per-process batches of unequal lengths, padded to the largest of the ranks' sizes every step; without the
+    agreement, the ranks' shapes differ (so the check can fail)."""
+    zero, one = rank_shapes(tmp_path, same=True)
+    assert len(zero) == len(one) == 5  # 40 examples, 2 ranks, batches of 4
+    assert zero == one
+    zero, one = rank_shapes(tmp_path, same=False)
+    assert zero != one

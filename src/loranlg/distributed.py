@@ -85,7 +85,21 @@ def all_gather_objects(obj, ctx):
     return out
 
 
+_host_groups = []
+
+
+def host_group():
+    """A gloo group of all ranks, for integers exchanged on the host (the default group's own when it is gloo)."""
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    if not _host_groups:
+        _host_groups.append(dist.new_group(backend="gloo"))
+    return _host_groups[0]
+
+
 def cleanup(ctx):
+    while _host_groups:
+        dist.destroy_process_group(_host_groups.pop())
     if collectives_captured():
         # Once a CUDA graph holds an NCCL collective, destroy_process_group hangs (pytorch/pytorch#115388,
         # seen on torch 2.11): the process ends instead, and its communicators with it.

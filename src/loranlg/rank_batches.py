@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from . import batch_transfer, data
-from .distributed import DistContext
+from .distributed import DistContext, host_group
 from .loss import MASK_EPSILON
 
 
@@ -58,9 +58,7 @@ class _Batches:
 class RankBatches(_Batches):
     def __init__(self, dataset, ctx, seed, batch_size, layout, same_shapes):
         super().__init__(dataset, ctx, data.make_sampler(dataset, ctx, seed), batch_size, layout, same_shapes)
-        self.group = None
-        if self.same_shapes:  # host integers: gloo, beside the GPU's NCCL
-            self.group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        self.group = host_group() if self.same_shapes else None  # host integers: gloo, beside the GPU's NCCL
 
     def collate(self, items):
         sizes = data.batch_sizes(items, self.dataset.seq_len)
