@@ -334,8 +334,8 @@ def test_auto_batch_size_and_timing(tmp_path, tiny_checkpoint):
         if line.startswith("timing: ") and not line.startswith("timing: part"):
             name, host, gpu, count = line[len("timing: "):].rsplit(None, 3)
             rows[name.strip()] = (float(host), gpu, int(count))
-    for part in ("import torch, loranlg", "build model", "read weights into the model", "search: cache, prefill, step 0",
-                 "search: decode steps, model", "write output"):
+    for part in ("import torch, loranlg", "build model", "read weights into the model",
+                 "search: cache, prefill, step 0", "search: decode steps, model", "write output"):
         assert part in rows, part
     assert 1 <= rows["search: decode steps, model"][2] <= 5  # one batch: steps 1 .. eval_len - 1 at most
     parts = sum(host for name, (host, _, _) in rows.items() if name != "total")
