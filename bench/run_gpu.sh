@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in one go (the device machine is lent by the minute): GPU parity tests,
 # then ours against the transformers + peft baseline, printing short tables. Logs go to $OUT when set.
-#   bash bench/run_gpu.sh [tests] [train] [micro] [beam] [profile] [trace] [eager]  (default: the first four;
-#   profile: a graphed training step's kernels by kind; trace: where the GPU idles in the training loop;
-#   eager: our eager training steps against transformers + peft, measured in the second session)
+#   bash bench/run_gpu.sh [tests] [train] [micro] [beam] [profile] [trace] [eager] [where]  (default: the first
+#   four; profile: a graphed training step's kernels by kind; trace: where the GPU idles in the training loop;
+#   eager: our eager training steps against transformers + peft, measured in the second session;
+#   where: scripts/beam_e2e.sh end to end at its default, BEAM_BATCH_SIZE=8 and 128, where the time goes)
 #   SHARED=path/to/shared (default ../shared): vocab/ and data/e2e/{valid,test}.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ for item in $WHAT; do
     eager)
       # eager steps need no warm-up epoch (nothing is captured or compiled)
       python3 bench/bench_train.py --shared "$SHARED" --modes eager --precisions fp32,bf16 --warmup 20 --steps 100 2>&1 | tee "$OUT/eager.log" | grep '^|' | tail -4 ;;
+    where) python3 bench/profile_beam.py --shared "$SHARED" 2>&1 | tee "$OUT/where.log" | grep -E '^\||auto' ;;
     micro) python3 bench/micro_beam.py 2>&1 | tee "$OUT/micro.log" | grep -E '^\||contexts$' ;;
     beam)
       # with transformers' generate timed first (bench/hf_baseline.py), same contexts

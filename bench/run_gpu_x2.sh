@@ -42,7 +42,7 @@ for item in ${*:-tests bench}; do
       part script2 240 python3 bench/time_train_script.py --shared "$SHARED" -- --ngpu 2
       grep -E '^\|' "$OUT/script2.log" | tail -9 ;;
     deepspeed)
-      part deepspeed 240 bash bench/gpu_deepspeed.sh
+      part deepspeed 240 env OUT="$OUT/ds" bash bench/gpu_deepspeed.sh
       tail -12 "$OUT/deepspeed.log" ;;
     *) echo "unknown part $item (tests, bench, script, deepspeed)"; exit 2 ;;
   esac

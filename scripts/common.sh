@@ -7,7 +7,9 @@
 #   WORK_DIR     --work_dir DIR           run directory (default trained_models/GPT2_M/TASK for md, ..._L for lg)
 #   FORCE=1      --force                  redo a stage whose outputs exist
 #   LAUNCHER     --launcher torchrun|launch|python
-#                                         torchrun (default), python -m torch.distributed.launch, or one plain process
+#                                         torchrun, python -m torch.distributed.launch, or one plain process
+#                                         (default: torchrun for several processes, python for one: torchrun
+#                                         would start a second Python, about 1.5 s)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT  (--nnodes --node_rank --master_addr --master_port) several nodes
 #                                         (defaults 1, 0, 127.0.0.1, 29500; on one node torchrun runs --standalone,
 #                                         on a free port, unless MASTER_PORT is set)
@@ -121,7 +123,7 @@ resolve_settings() {
   MASTER_PORT_GIVEN=${MASTER_PORT:-}
   MASTER_PORT=${MASTER_PORT:-29500}
   RDZV_TIMEOUT=${RDZV_TIMEOUT:-}
-  LAUNCHER=${LAUNCHER:-torchrun}
+  LAUNCHER=${LAUNCHER:-}
   FORCE=${FORCE:-0}
   PRECISION=${PRECISION:-}
   PRECISION_ARGS=()
@@ -145,6 +147,9 @@ resolve_settings() {
     *[!0-9]*) die "--ngpu, --nnodes, --node_rank, --lora_dim and --rdzv_timeout take whole numbers" ;;
   esac
   [ "$NODE_RANK" -lt "$NNODES" ] || die "--node_rank must be below --nnodes (NODE_RANK=$NODE_RANK, NNODES=$NNODES)"
+  if [ -z "$LAUNCHER" ]; then
+    if [ "$((NGPU * NNODES))" = 1 ]; then LAUNCHER=python; else LAUNCHER=torchrun; fi
+  fi
   case "$LAUNCHER" in torchrun|launch|python) ;; *) die "--launcher must be torchrun, launch or python" ;; esac
   if [ "$LAUNCHER" = python ] && [ "$((NGPU * NNODES))" -gt 1 ]; then
     die "--launcher python runs one process; use torchrun or launch for NGPU=$NGPU x NNODES=$NNODES"

@@ -312,3 +312,31 @@ def test_lora_checkpoint_is_applied(tmp_path):
             if "lora_B" in name:
                 param.zero_()
     assert got != [reference_beam(model, c, s) for c in contexts]  # the LoRA tensors matter here
+
+
+def test_auto_batch_size_and_timing(tmp_path, tiny_checkpoint):
+    """--batch_size auto on the CPU takes every context here (at most 16), with the reference's outputs;
+    --timing prints a table whose parts add up to its total."""
+    checkpoint, model = tiny_checkpoint
+    gen = torch.Generator().manual_seed(9)
+    contexts = [torch.randint(0, 50257, (n,), generator=gen).tolist() + [50256] for n in (4, 9, 6)]
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, [{"context": c} for c in contexts + contexts[:1]])
+    done = run_script("gpt2_beam.py", "--data", data, "--init_checkpoint", checkpoint, "--work_dir", tmp_path,
+                      "--device", "cpu", "--batch_size", "auto", "--timing", *BEAM_FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--batch_size auto: 3 contexts a batch" in done.stderr
+    got = [json.loads(line)["predict"] for line in (tmp_path / "beam_prediction.jsonl").read_text().splitlines()]
+    s = BeamSettings(beam=3, eval_len=6, length_penalty=0.8, no_repeat_ngram_size=2, eos_ids=(50256, 628))
+    assert got == [reference_beam(model, c, s) for c in contexts + contexts[:1]]
+    rows = {}
+    for line in done.stderr.splitlines():
+        if line.startswith("timing: ") and not line.startswith("timing: part"):
+            name, host, gpu, count = line[len("timing: "):].rsplit(None, 3)
+            rows[name.strip()] = (float(host), gpu, int(count))
+    for part in ("import torch, loranlg", "build model", "read weights into the model",
+                 "search: cache, prefill, step 0", "search: decode steps, model", "write output"):
+        assert part in rows, part
+    assert 1 <= rows["search: decode steps, model"][2] <= 5  # one batch: steps 1 .. eval_len - 1 at most
+    parts = sum(host for name, (host, _, _) in rows.items() if name != "total")
+    assert abs(parts - rows["total"][0]) < 0.01 * len(rows)

@@ -198,6 +198,41 @@ def test_a_merged_model_loads_cleanly(tmp_path):
     assert_same_outputs(model, trained)
 
 
+@pytest.mark.parametrize("dora", [False, True])
+def test_a_merged_model_is_read_into_memory_without_random_weights(tmp_path, dora):
+    """load_model(merge=True) with base weights (what beam search loads) builds no random weights: its tensors
+    are those of the model built, loaded and merged the training way, bit for bit; with no LoRA file the
+    plain LoRA model is the base file's own weights."""
+    from loranlg.loading import load_model
+    from loranlg.lora import merge_lora
+
+    base = trained_base()
+    torch.save(hub_legacy_state(base), tmp_path / "base.bin")
+    torch.manual_seed(7)
+    trained = build_model(tiny_config(), **LORA, dora=dora).eval()
+    trained.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_" in name:
+                param.add_(0.3 * torch.randn(param.shape))  # B non-zero, magnitudes moved
+    save_lora(trained, tmp_path / "lora.pt")
+    for lora_file in (tmp_path / "lora.pt", None):
+        flags = dict(init_checkpoint=tmp_path / "base.bin", lora_checkpoint=lora_file, dora=dora)
+        torch.use_deterministic_algorithms(True)  # torch.empty fills NaN: a tensor left unwritten shows
+        try:
+            merged = load_model(tiny_config(), 2, 8, merge=True, **flags).state_dict()
+        finally:
+            torch.use_deterministic_algorithms(False)
+        reference = load_model(tiny_config(), 2, 8, **flags)
+        merge_lora(reference)
+        for key, value in reference.state_dict().items():
+            if "lora_" not in key:
+                assert torch.equal(merged[key], value), key
+        if lora_file is None and not dora:
+            for key, value in base.state_dict().items():
+                assert torch.equal(merged[key], value), key
+
+
 def test_lora_file_of_gpt2_md_is_about_1_5_mb(tmp_path):
     with torch.device("meta"):
         model = build_model("gpt2.md", lora_dim=4)

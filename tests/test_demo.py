@@ -224,7 +224,7 @@ def test_beam_on_a_released_lora_checkpoint_command_line(tmp_path):
     for expected in (f"--init_checkpoint {base} --lora_checkpoint {lora}", "--model_card gpt2.md",
                      "--lora_dim 4 --lora_alpha 32", "--beam 10", "--length_penalty 0.8",
                      "--no_repeat_ngram_size 4", "--repetition_penalty 1.0", "--eos_token_id 628", "--eval_len 64",
-                     "--seq_len 512", f"--data {tmp_path}/test.jsonl"):
+                     "--seq_len 512", f"--data {tmp_path}/test.jsonl", "--batch_size auto"):
         assert f" {expected} " in line, expected
 
 
@@ -242,6 +242,23 @@ def test_one_node_torchrun_is_standalone(tmp_path):
     assert (tmp_path / "log").read_text().startswith("-m torch.distributed.run --nproc_per_node=2 --standalone "
                                                      "--nnodes=1 ")
     assert not (tmp_path / "run" / "train.done").exists()
+
+
+def test_one_process_runs_without_a_launcher(tmp_path):
+    """One GPU, no LAUNCHER: the stage runs its Python command directly (torchrun would start a second Python);
+    LAUNCHER=torchrun still goes through torchrun."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    fake.chmod(0o755)
+    for name in ("train.jsonl", "valid.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
+               WORK_DIR=str(tmp_path / "run"), PATH=stand_in_gpu(tmp_path), LAUNCHER="")
+    assert run_script("train_e2e.sh", env=env).returncode == 2  # the stand-in writes no checkpoint
+    assert run_script("train_e2e.sh", env=dict(env, LAUNCHER="torchrun")).returncode == 2
+    plain, torchrun = (tmp_path / "log").read_text().splitlines()
+    assert plain.startswith(f"{REPO}/src/gpt2_ft.py ")
+    assert torchrun.startswith("-m torch.distributed.run --nproc_per_node=1 --standalone --nnodes=1 ")
 
 
 def fresh_clone(tmp_path):

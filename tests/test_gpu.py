@@ -157,3 +157,24 @@ def test_beam_search_with_the_padded_head_in_bf16_gives_well_formed_outputs():
     s = BeamSettings(beam=10, eval_len=40, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
     outputs = beam_search(decoder, contexts, s)
     assert len(outputs) == len(contexts) and all(len(ids) == 40 and max(ids) < 50257 for ids in outputs)
+
+
+def test_auto_batch_size_fits_the_free_memory(monkeypatch):
+    """--batch_size auto: every context when they fit, else as many as GPU_MEMORY_SHARE of the free memory
+    holds at beam.bytes_per_context each, at least one."""
+    from conftest import tiny_model
+    from gpt2_beam import GPU_MEMORY_SHARE, auto_batch_size
+    from loranlg.beam import BeamSettings, bytes_per_context
+    from loranlg.decoder import Decoder
+
+    decoder = Decoder(tiny_model(3, vocab_size=50257, n_positions=1024).to("cuda", torch.bfloat16), pad_head=True)
+    s = BeamSettings(beam=10, eval_len=64, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
+    contexts = [tuple(range(n)) for n in (40, 30, 20)]
+    assert auto_batch_size(decoder, contexts, s)[0] == 3
+    each = bytes_per_context(decoder, 40, s)
+    total = torch.cuda.mem_get_info()[1]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(2.5 * each / GPU_MEMORY_SHARE), total))
+    size, why = auto_batch_size(decoder, contexts, s)
+    assert size == 2 and "2 batch(es)" in why
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, total))
+    assert auto_batch_size(decoder, contexts, s)[0] == 1

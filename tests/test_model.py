@@ -265,3 +265,41 @@ def test_decoder_equals_the_reference_forward():
             tokens = torch.tensor([[step + 3 * row] for row in range(3)])
             contexts = [c + [int(t)] for c, t in zip(contexts, tokens[:, 0])]
             logits = decoder.decode_step(tokens, cache)
+
+
+def test_dropping_contexts_in_place_keeps_the_kept_rows():
+    """cache.keep with rows in increasing order (beam search's drops) moves them within the cache: the same
+    tensors as an index_select, for every subset of six contexts; other orders still copy."""
+    import itertools
+
+    from loranlg.kv_cache import BeamCache
+
+    config = tiny_config()
+    for count in range(1, 7):
+        for kept in itertools.combinations(range(6), count):
+            cache = BeamCache(config, contexts=6, beams=2, prompt_len=3, steps=4)
+            cache.kv.copy_(torch.randn(cache.kv.shape))
+            cache.lengths = torch.arange(6) + 1
+            cache.ancestors = torch.randint(0, 2, cache.ancestors.shape)
+            expected = [t[list(kept)].clone() for t in (cache.kv, cache.lengths, cache.ancestors)]
+            storage = cache.kv.data_ptr()
+            cache.keep(list(kept))
+            assert cache.kv.data_ptr() == storage  # moved in place, no second cache
+            for got, want in zip((cache.kv, cache.lengths, cache.ancestors), expected):
+                assert torch.equal(got, want)
+    cache = BeamCache(config, contexts=3, beams=1, prompt_len=2, steps=1)
+    cache.kv.copy_(torch.randn(cache.kv.shape))
+    expected = cache.kv[[2, 0]].clone()
+    cache.keep([2, 0])
+    assert torch.equal(cache.kv, expected)
+
+
+def test_bytes_per_context_is_what_a_cache_holds():
+    from loranlg.kv_cache import BeamCache
+
+    config = tiny_config()
+    for dtype in (torch.float32, torch.bfloat16):
+        one, three = (BeamCache(config, n, beams=4, prompt_len=7, steps=9, dtype=dtype) for n in (1, 3))
+        each = BeamCache.bytes_per_context(config, 4, 7, 9, dtype)
+        assert each == one.kv.nbytes + one.ancestors.nbytes
+        assert 3 * each == three.kv.nbytes + three.ancestors.nbytes

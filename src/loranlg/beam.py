@@ -25,6 +25,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import InputError
+from .kv_cache import BeamCache
 from .tokenizer import EOT_ID
 
 NEG_INF = float("-inf")
@@ -184,15 +185,32 @@ def worth_dropping(done):
     return finished == len(done) or finished * 4 >= len(done)
 
 
+def bytes_per_context(decoder, prompt_len, settings):
+    """Device memory that one context of a batch whose prompts are prompt_len long takes in the search, at most:
+    its cache, its rows of a step's largest temporaries (the padded logits, their softmax and a processed copy
+    in the score type) and of the prompts' pass (hidden states and the MLP's, a few at once)."""
+    config, itemsize = decoder.config, decoder.dtype.itemsize
+    cache = BeamCache.bytes_per_context(config, settings.beam, prompt_len, settings.eval_len - 1, decoder.dtype)
+    step = settings.beam * decoder.head.shape[0] * (itemsize + 2 * score_dtype(decoder).itemsize)
+    prefill = prompt_len * 4 * config.n_embd * itemsize * 4
+    return cache + step + prefill
+
+
+def no_clock(name):
+    pass
+
+
 @torch.no_grad()
-def beam_search(decoder, contexts, settings, early_stop=True, stats=None):
+def beam_search(decoder, contexts, settings, early_stop=True, stats=None, clock=None):
     """Decode a batch of contexts (lists of ids) with a decoder.Decoder; returns one list of eval_len ids per
-    context. stats: a dict that gets the context-steps computed added under "context_steps"."""
+    context. stats: a dict that gets the context-steps computed added under "context_steps". clock: a
+    timing.Timeline that gets a lap at each part of the search (gpt2_beam.py --timing)."""
     with sdpa_kernel(ATTENTION_KERNELS):
-        return _beam_search(decoder, contexts, settings, early_stop, stats)
+        return _beam_search(decoder, contexts, settings, early_stop, stats, no_clock if clock is None else clock.lap)
 
 
-def _beam_search(decoder, contexts, settings, early_stop, stats):
+def _beam_search(decoder, contexts, settings, early_stop, stats, lap):
+    lap("search: between batches")
     device = decoder.device
     dtype = score_dtype(decoder)
     beams, eval_len = settings.beam, settings.eval_len
@@ -207,6 +225,7 @@ def _beam_search(decoder, contexts, settings, early_stop, stats):
     eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=device)
     best = BestHypotheses(len(contexts), eval_len, settings.length_penalty, device, dtype)
     beam_scores = best.add(beam_scores, history, torch.isin(tokens, eos))
+    lap("search: cache, prefill, step 0")
 
     results = [None] * len(contexts)
     active = list(range(len(contexts)))  # batch row -> position in `contexts`
@@ -214,21 +233,26 @@ def _beam_search(decoder, contexts, settings, early_stop, stats):
     context_steps = len(contexts)
     for step in range(1, eval_len):
         done = finished.take() if finished is not None else None
+        lap("search: host waits for flags")
         if done is not None and worth_dropping(done):
+            ids_by_row = best.ids.tolist()  # one copy to the host, not one per row
             for row, position in enumerate(active):
                 if done[row]:
-                    results[position] = best.ids[row].tolist()
+                    results[position] = ids_by_row[row]
             active = [p for p, gone in zip(active, done) if not gone]
             if not active:
                 break
-            keep = torch.tensor([row for row, gone in enumerate(done) if not gone], device=device)
+            kept = [row for row, gone in enumerate(done) if not gone]
+            keep = torch.tensor(kept, device=device)
             best.keep(keep)
             beam_scores, tokens = beam_scores[keep], tokens[keep]
             history = history.view(len(done), beams, -1)[keep].flatten(0, 1)
-            cache.keep(keep)
+            cache.keep(kept)
             finished.clear()
+            lap("search: drop finished contexts")
         count = len(active)
         logits = decoder.decode_step(tokens, cache).reshape(count * beams, -1)
+        lap("search: decode steps, model")
         # each beam's B best continuations hold the context's B best of all B * V (same scores, same order)
         logp, ids = top_log_probs(logits, history, settings, dtype, beams)  # [N*B, B]
         candidates = (beam_scores.reshape(-1, 1) + logp).view(count, beams * beams)
@@ -242,11 +266,13 @@ def _beam_search(decoder, contexts, settings, early_stop, stats):
         if finished is not None:
             finished.post(~best.can_improve(beam_scores, step + 1))
         context_steps += count
+        lap("search: decode steps, beam work")
     if active:
         if history.shape[1] == eval_len:  # the final flush: every beam left is a hypothesis
             best.add(beam_scores, history, torch.ones_like(beam_scores, dtype=torch.bool))
-        for row, position in enumerate(active):
-            results[position] = best.ids[row].tolist()
+        for position, ids_by_row in zip(active, best.ids.tolist()):
+            results[position] = ids_by_row
+    lap("search: results to the host")
     if stats is not None:
         stats["context_steps"] = stats.get("context_steps", 0) + context_steps
     return results

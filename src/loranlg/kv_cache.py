@@ -45,6 +45,12 @@ class BeamCache:
         self.slot_step = torch.where(offset >= 0, offset // beams, -1)
         self.slot_place = offset.remainder(beams)
 
+    @staticmethod
+    def bytes_per_context(config, beams, prompt_len, steps, dtype):
+        """What one context adds to a cache of these sizes: its keys and values and its ancestry table."""
+        slots = round_up(prompt_len + steps * beams, KEY_BLOCK)
+        return config.n_layer * 2 * config.n_embd * slots * dtype.itemsize + beams * steps * 8
+
     @property
     def contexts(self):
         return self.kv.shape[0]
@@ -107,7 +113,33 @@ class BeamCache:
         self.ancestors[:, :, :self.steps] = self.ancestors[:, :, :self.steps].gather(1, index)
 
     def keep(self, index):
-        """Keep contexts `index` (dropping finished ones)."""
-        self.kv = self.kv.index_select(0, index)
+        """Keep contexts `index` (dropping finished ones), in that order. A list of rows in increasing order
+        (what beam search drops) moves the keys and values within the cache: the memory of a second cache is
+        never needed."""
+        if isinstance(index, torch.Tensor) or any(a >= b for a, b in zip(index, index[1:])):
+            self.kv = self.kv.index_select(0, torch.as_tensor(index, device=self.kv.device))
+        else:
+            self.kv = move_rows_forward(self.kv, index)
+        index = torch.as_tensor(index, device=self.kv.device)
         self.lengths = self.lengths.index_select(0, index)
         self.ancestors = self.ancestors.index_select(0, index)
+
+
+def move_rows_forward(tensor, rows):
+    """tensor[rows] for rows in increasing order, made by moving those rows to the front of `tensor` (which
+    becomes that); returns the view of them. Each run of rows moves in blocks no longer than its shift, so
+    a block's source and destination never overlap, and a block reads only rows not yet written."""
+    written, start = 0, 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and rows[end] == rows[end - 1] + 1:
+            end += 1
+        source, length = rows[start], end - start  # a run: rows[start:end] are consecutive
+        shift = source - written
+        while shift > 0 and length > 0:
+            block = min(shift, length)
+            tensor[written:written + block].copy_(tensor[source:source + block])
+            written, source, length = written + block, source + block, length - block
+        written += length  # shift 0: already in place
+        start = end
+    return tensor[:written]

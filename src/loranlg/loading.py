@@ -1,20 +1,27 @@
 """One way to get a model for both commands: built from its card, then its weights read (checkpoint.py)."""
 
+import contextlib
+
+import torch
+from torch.overrides import TorchFunctionMode
+
 from .checkpoint import describe_shape, load_weights
 from .errors import InputError
 from .file_record import check_settings
-from .lora import merge_lora
+from .lora import lora_layers, merge_lora
 from .lora_variants import DEFAULT_SETTINGS
 from .model import CARDS, GPT2Config, build_model
 
 
 def load_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, init_checkpoint=None, lora_checkpoint=None,
                device=None, dtype=None, merge=False, lora_targets="q,v", lora_scaling="alpha_over_r", dora=False,
-               lora_init="kaiming"):
+               lora_init="kaiming", mark=lambda name: None):
     """GPT-2 of `card` with LoRA of rank lora_dim, built on `device` (the CPU by default; random weights are
     drawn there from torch's generator: seed it first), base weights from init_checkpoint and LoRA tensors
-    from lora_checkpoint (either may be None). merge: fold LoRA into the weights (inference); dtype: then
-    cast the model to it. Only the LoRA tensors are trainable when lora_dim > 0.
+    from lora_checkpoint (either may be None). merge: fold LoRA into the weights (inference; the base weights
+    of init_checkpoint are then read into memory no random weights were drawn into: NoRandomInit); dtype: then
+    cast the model to it. Only the LoRA tensors are trainable when lora_dim > 0. mark(name): called after each part
+    (timing.Timeline.phase).
     card: a card name, a GPT2Config, or None when init_checkpoint gives the size (resolve_config); a PEFT
     adapter gives the LoRA's rank, alpha and slices (resolve_lora). lora_targets, lora_scaling, dora,
     lora_init: as the flags of the same names (lora_variants.py); a checkpoint recording other ones is refused."""
@@ -22,15 +29,38 @@ def load_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, init_checkpoi
     lora_dim, lora_alpha, file_targets = resolve_lora(lora_dim, lora_alpha, init_checkpoint, lora_checkpoint)
     if file_targets is not None and lora_targets in (None, DEFAULT_SETTINGS["lora_targets"]):
         lora_targets = file_targets  # the adapter's own slices, unless the flags ask for others (then loading says)
-    model = build_model(config, lora_dim, lora_alpha, lora_dropout, device=device, lora_targets=lora_targets,
-                        lora_scaling=lora_scaling, dora=dora, lora_init=lora_init)
+    without_init = merge and init_checkpoint is not None
+    with NoRandomInit() if without_init else contextlib.nullcontext():
+        model = build_model(config, lora_dim, lora_alpha, lora_dropout, device=device, lora_targets=lora_targets,
+                            lora_scaling=lora_scaling, dora=dora, lora_init=lora_init)
+    if without_init:
+        for layer in lora_layers(model):  # in case no file holds them: B zero, so merging adds nothing
+            layer.reset_lora()
+    mark("build model")
     for path in (init_checkpoint, lora_checkpoint):
         if path is not None:
             check_settings(path, model.config, card)  # what our own files record must match the flags
     load_weights(model, init_checkpoint, lora_checkpoint)
+    mark("read weights into the model")
     if merge:
         merge_lora(model)
+        mark("merge LoRA")
     return model if dtype is None else model.to(dtype)
+
+
+class NoRandomInit(TorchFunctionMode):
+    """Inside, random fills leave a tensor as torch.empty made it: a merged model whose base
+    weights all come from a checkpoint (load_weights refuses a file that lacks one) is built without drawing
+    weights the file overwrites (seconds on a CPU for gpt2.md). The meta device would do it too, but its
+    random fills import torch._dynamo (seconds)."""
+
+    SKIPPED = {torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_,
+               torch.Tensor.normal_, torch.Tensor.uniform_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:  # the tensor filled in place, however it was passed
+            return args[0] if args else (kwargs.get("tensor") if "tensor" in kwargs else kwargs["self"])
+        return func(*args, **(kwargs or {}))
 
 
 def variant_kwargs(args):
