@@ -163,6 +163,7 @@ def main(argv=None, stop_after_step=None, speed=None):
     """speed: train_step.SpeedOptions (default: from --no_cuda_graph and --compile)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
+    split_global_batch(args, argv, int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's; before the DeepSpeed check
     check_args(args)
     from loranlg.checkpoint import model_state
     from loranlg.distributed import cleanup, setup_distributed
@@ -173,7 +174,6 @@ def main(argv=None, stop_after_step=None, speed=None):
     from loranlg.train_step import SpeedOptions
 
     ctx = setup_distributed(args)
-    split_global_batch(args, argv, ctx.world_size)
     args.resume_command = resume_command(__file__, argv, ctx.world_size)
     log = print if ctx.is_main else (lambda *a, **k: None)
     try:

@@ -74,6 +74,17 @@ def stand_in_gpu(directory):
     return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+RECORD_ARGS = 'echo "$@" >> "$LOG"'  # a stand-in python that writes its command line to $LOG
+
+
+def stand_in_python(directory, body=RECORD_ARGS):
+    """An executable `python` in `directory` running the shell `body`: what the scripts start, seen or faked."""
+    fake = pathlib.Path(directory) / "python"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return fake
+
+
 def assert_rerun_skips_every_stage(script, work, env):
     """A second `script --demo` over a finished work dir runs nothing and touches no file."""
     stamps = {p.name: p.stat().st_mtime_ns for p in work.iterdir() if p.is_file()}

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, assert_rerun_skips_every_stage, run_script, stand_in_gpu
+from conftest import REPO, assert_rerun_skips_every_stage, run_script, stand_in_gpu, stand_in_python
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCORE_RANGES = {"BLEU": (0, 1), "NIST": (0, 15), "METEOR": (0, 1), "ROUGE_L": (0, 1), "CIDEr": (0, 10)}
@@ -152,9 +152,7 @@ def test_flags_are_checked(tmp_path):
 
 def test_launcher_command_lines(tmp_path):
     """The torchrun / torch.distributed.launch command a stage builds, seen through a stand-in interpreter."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train.jsonl", "valid.jsonl"):
@@ -206,9 +204,7 @@ def test_other_demo_settings_need_force(demo):
 
 def test_beam_on_a_released_lora_checkpoint_command_line(tmp_path):
     """CHECKPOINT=released LoRA file: base weights + --lora_checkpoint, the paper's beam settings."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path)
     (tmp_path / "test.jsonl").write_text("{}\n")
     base = tmp_path / "gpt2-medium-pytorch_model.bin"
     lora = tmp_path / "gpt2_md_lora_e2e.pt"
@@ -229,9 +225,7 @@ def test_beam_on_a_released_lora_checkpoint_command_line(tmp_path):
 
 
 def test_one_node_torchrun_is_standalone(tmp_path):
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path)
     for name in ("train.jsonl", "valid.jsonl"):
         (tmp_path / name).write_text("{}\n")
     env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
@@ -247,9 +241,7 @@ def test_one_node_torchrun_is_standalone(tmp_path):
 def test_one_process_runs_without_a_launcher(tmp_path):
     """One GPU, no LAUNCHER: the stage runs its Python command directly (torchrun would start a second Python);
     LAUNCHER=torchrun still goes through torchrun."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path)
     for name in ("train.jsonl", "valid.jsonl"):
         (tmp_path / name).write_text("{}\n")
     env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
@@ -325,9 +317,7 @@ def test_a_paper_size_run_without_a_gpu_stops_and_says_what_it_costs(tmp_path):
     """No GPU (no /dev/nvidia0, no nvidia-smi here): gpt2.md training and beam search stop before any work."""
     if os.path.exists("/dev/nvidia0"):
         pytest.skip("this machine has a GPU")
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path)
     for name in ("train.jsonl", "valid.jsonl"):
         (tmp_path / name).write_text("{}\n")
     no_gpu_path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)

@@ -17,7 +17,7 @@ import torch
 import gpt2_beam
 import gpt2_decode
 import gpt2_ft
-from conftest import REPO, run_script, stand_in_gpu
+from conftest import REPO, run_script, stand_in_gpu, stand_in_python
 from loranlg import checkpoint, flags, train
 from loranlg.errors import DiskFull, InputError, Interrupted, RunError
 from loranlg.files import atomic_output
@@ -143,9 +143,7 @@ def test_a_signal_to_the_command_exits_with_128_plus_its_number(tmp_path, data, 
 
 
 def test_train_sh_writes_no_train_done_when_training_fails(tmp_path, data):
-    fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho 'error: SIGINT: training stopped at step 3' >&2\nexit 130\n")
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path, "echo 'error: SIGINT: training stopped at step 3' >&2\nexit 130")
     work = tmp_path / "work"
     done = run_script("train.sh", "--task", "e2e", "--work_dir", work, "--launcher", "python",
                       env={"PYTHON": str(fake), "TRAIN_DATA": str(data), "VALID_DATA": str(data),

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, encoded_e2e_sample, run_script, stand_in_gpu
+from conftest import REPO, encoded_e2e_sample, run_script, stand_in_gpu, stand_in_python
 from test_train import write_jsonl
 
 slow = pytest.mark.slow
@@ -172,9 +172,7 @@ def test_a_node_that_never_meets_the_other_stops_with_the_reason(run_env, tmp_pa
 
 def test_node_1_leaves_node_0s_files_alone_in_a_shared_work_dir(tmp_path):
     """Node 1 through a stand-in interpreter, in a work_dir node 0 is training in."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "node 1 trained"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path, 'echo "node 1 trained"')
     (tmp_path / "data.jsonl").write_text("{}\n")
     work = tmp_path / "run"
     work.mkdir()
@@ -193,10 +191,8 @@ def test_node_1_leaves_node_0s_files_alone_in_a_shared_work_dir(tmp_path):
 
 def test_beam_sh_says_when_the_nodes_never_met(tmp_path):
     """beam.sh on several nodes reads its launcher's log as train.sh does (a stand-in launcher here)."""
-    fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho 'torch.distributed.DistStoreError: Timed out after 5 seconds waiting for "
-                    "clients. 1/2 clients joined.'\nexit 1\n")
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path, "echo 'torch.distributed.DistStoreError: Timed out after 5 seconds waiting "
+                                     "for clients. 1/2 clients joined.'\nexit 1")
     for name in ("test.jsonl", "base.bin", "lora.pt"):
         (tmp_path / name).write_text("x\n")
     done = run_script("beam_e2e.sh", "--nnodes", "2", "--master_port", "29511", "--rdzv_timeout", "5",

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import SRC, assert_rerun_skips_every_stage, run_script, stand_in_gpu
+from conftest import SRC, assert_rerun_skips_every_stage, run_script, stand_in_gpu, stand_in_python
 from loranlg.demo_data import DEFAULT_UNSEEN, write_demo_data
 from loranlg.formats import WEBNLG_SEEN_CATEGORIES
 from test_download import FileServer
@@ -74,9 +74,7 @@ def test_demo_data_refuses_impossible_sizes(shared_dir, tmp_path):
 
 
 def fake_python(tmp_path):
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
-    fake.chmod(0o755)
+    fake = stand_in_python(tmp_path)
     return fake
 
 
