@@ -176,17 +176,17 @@ class GraphedStep:
 
     def __init__(self, objective, optimizer, args, ctx, compiled, layout, say, capture=True):
         self.objective, self.optimizer, self.args = objective, optimizer, args
-        self.compiled, self.layout, self.say, self.capture_graphs = compiled, layout, say, capture
+        self.compiled, self.layout, self.say = compiled, layout, say
         self.world_size = ctx.world_size
         self.trainable = [p for p in objective.parameters() if p.requires_grad]
         self.graphed = None  # captured at the first call, after any resume has loaded the optimizer state
+        self.uncaptured = None if capture else self.step_fn()  # SpeedOptions.capture False: run it as it is
 
     def __call__(self, batch, is_update=True):
         """The whole update on one batch (grad_acc is 1); the loss, copied out of the graph's buffer."""
-        if not self.capture_graphs:
+        if self.uncaptured is not None:
             for param in self.trainable:
                 param.grad = None  # as a captured step starts: its backward writes fresh gradients
-            self.uncaptured = getattr(self, "uncaptured", None) or self.step_fn()
             return self.uncaptured(batch)
         if self.graphed is None:
             self.graphed = self.capture()
