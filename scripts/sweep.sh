@@ -130,7 +130,9 @@ describe() {  # describe R TARGETS SEED: how the messages name a run
 # DIR/sweep.failed naming the stage.
 run_one() {
   local rank=$1 targets=$2 seed=$3 dir=$4 gpu=${5:-} stage
-  local common=(--task "$TASK" --model "$MODEL" --work_dir "$dir" --lora_dim "$rank" --launcher python "${FORCE_FLAG[@]}")
+  # one process each, whatever NGPU / NNODES the environment holds (they are the sweep's, not the runs')
+  local common=(--task "$TASK" --model "$MODEL" --work_dir "$dir" --lora_dim "$rank" --launcher python --ngpu 1
+                --nnodes 1 "${FORCE_FLAG[@]}")
   local seed_args=()
   [ "$seed" = - ] || seed_args=(--random_seed "$seed")
   mkdir -p "$dir"

@@ -25,7 +25,8 @@ def build_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py output)")
     data.add_argument("--valid_data", required=True, help="encoded validation jsonl")
-    data.add_argument("--train_batch_size", type=flags.positive_int, default=8, help="examples per batch and process (8)")
+    data.add_argument("--train_batch_size", type=flags.positive_int, default=None,
+                      help="examples per batch and process (8; with --global_batch G, G / processes)")
     data.add_argument("--global_batch", type=flags.positive_int, default=None,
                       help="examples per step over all processes, split evenly among them (instead of "
                            "--train_batch_size per process): N processes of G / N reproduce one process of G step "
@@ -104,6 +105,7 @@ def build_parser():
 
 
 def check_args(args):
+    split_global_batch(args, int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's; before the DeepSpeed check
     if args.fp16:
         args.precision = "fp16"
     n_positions = model_config(args).n_positions
@@ -120,15 +122,19 @@ def check_args(args):
     args.deepspeed_settings = deepspeed_config.settings_from_args(args, int(os.environ.get("WORLD_SIZE", "1")))
 
 
-def split_global_batch(args, argv, world_size):
-    """--global_batch G: --train_batch_size becomes G / world_size."""
+def split_global_batch(args, world_size):
+    """--train_batch_size: G / world_size with --global_batch G (a --train_batch_size given must agree), else
+    8 when not given."""
     if args.global_batch is None:
+        args.train_batch_size = args.train_batch_size or 8
         return
-    if any(a == "--train_batch_size" or a.startswith("--train_batch_size=") for a in argv):
-        raise InputError("give --global_batch or --train_batch_size, not both")
     if args.global_batch % world_size:
         raise InputError(f"--global_batch {args.global_batch} does not split evenly over {world_size} processes")
-    args.train_batch_size = args.global_batch // world_size
+    share = args.global_batch // world_size
+    if args.train_batch_size not in (None, share):
+        raise InputError(f"--train_batch_size {args.train_batch_size} and --global_batch {args.global_batch} over "
+                         f"{world_size} process(es) disagree: give one of them")
+    args.train_batch_size = share
 
 
 def model_config(args):
@@ -163,7 +169,6 @@ def main(argv=None, stop_after_step=None, speed=None):
     """speed: train_step.SpeedOptions (default: from --no_cuda_graph and --compile)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
-    split_global_batch(args, argv, int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's; before the DeepSpeed check
     check_args(args)
     from loranlg.checkpoint import model_state
     from loranlg.distributed import cleanup, setup_distributed

@@ -1,7 +1,7 @@
 """--deepspeed on the CPU: the config checked against the flags and filled from them, the errors of a wrong
 config or a missing deepspeed (these run everywhere, CI included); and, where deepspeed is installed, DeepSpeed's
 engine (ZeRO 0-3, gloo) against our eager step: same losses, same weights in model.{step}.pt. GPU runs against
-DDP in bf16: tests/test_deepspeed_gpu.py."""
+our torchrun step in bf16: tests/test_deepspeed_gpu.py."""
 
 import argparse
 import importlib.util
@@ -301,7 +301,7 @@ def test_sample_bf16_configs_on_the_cpu_stay_near_the_eager_bf16_step(tmp_path, 
 @pytest.mark.slow
 def test_deepspeed_launcher_with_two_processes_equals_ddp(tmp_path):
     """The `deepspeed` launcher (it passes --local_rank=N), 2 processes with gloo, ZeRO-3 partitioning every
-    weight across them, against torchrun + DDP on the same global batch (2 x 2 x accumulation 2)."""
+    weight across them, against torchrun + our data-parallel step on the same global batch (2 x 2 x accumulation 2)."""
     data = copy_task(tmp_path / "train.jsonl")
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3,
                                                                         "stage3_param_persistence_threshold": 0}}))

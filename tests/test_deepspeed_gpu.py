@@ -1,4 +1,4 @@
-"""--deepspeed on GPUs against our DDP path (skipped without CUDA or without deepspeed; bench/gpu_deepspeed.sh
+"""--deepspeed on GPUs against our own data-parallel step (grad_sync.py) (skipped without CUDA or without deepspeed; bench/gpu_deepspeed.sh
 installs deepspeed from wheels, runs this and prints a table).
 
 Each DeepSpeed run goes through the `deepspeed` launcher (which passes --local_rank=N) on 2 GPUs (1 where there is

@@ -1,5 +1,5 @@
 """Several processes (torchrun, gloo, on the CPU) against one: --global_batch reproduces the one-process run
-step for step (losses and final weights), with gradient accumulation, a resumed run and the CUDA-graph step's
+step for step (losses, validation losses and final weights), with gradient accumulation, a resumed run and the CUDA-graph step's
 packed layout (its function run uncaptured); the ranks' batches of that step agree on one shape."""
 
 import json
@@ -26,7 +26,16 @@ DRIVER = textwrap.dedent("""
     speed = {{"eager": SpeedOptions(cuda_graphs=False, compile="off"),
               "packed": SpeedOptions(capture=False, compile="off")}}[os.environ["STEP"]]
     stop = int(os.environ.get("STOP_AFTER", "0")) or None
-    gpt2_ft.main(sys.argv[1:], stop_after_step=stop, speed=speed)
+    if os.environ.get("FAIL_WRITE"):  # rank 0's writer fails on this file, as on a full disk
+        from loranlg import checkpoint_writer
+        write = checkpoint_writer.write_torch
+        def failing(obj, path):
+            if path.endswith(os.environ["FAIL_WRITE"]):
+                raise OSError(28, "No space left on device")
+            write(obj, path)
+        checkpoint_writer.write_torch = failing
+    from loranlg.errors import run_cli
+    run_cli(lambda argv: gpt2_ft.main(argv, stop_after_step=stop, speed=speed), sys.argv[1:])
 """)
 
 
@@ -48,15 +57,15 @@ def flags(data, work, batch_flag, grad_acc=1, resume=False, save_interval=100):
     return [str(a) for a in argv] + (["--resume"] if resume else [])
 
 
-def run(tmp_path, nproc, argv, step="eager", stop_after=None):
+def run(tmp_path, nproc, argv, step="eager", stop_after=None, fail_write="", check=True):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(src=str(REPO / "src")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", STEP=step, STOP_AFTER=str(stop_after or 0))
+    env = dict(os.environ, OMP_NUM_THREADS="1", STEP=step, STOP_AFTER=str(stop_after or 0), FAIL_WRITE=fail_write)
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      f"--nproc_per_node={nproc}"]
     done = subprocess.run(launcher + [str(driver)] + argv, capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == 0 or not check, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
 
@@ -66,6 +75,9 @@ def assert_same_run(one, two, final_step):
     assert [s for s, _ in losses_one] == [s for s, _ in losses_two] and losses_one
     for (_, a), (_, b) in zip(losses_one, losses_two):
         assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    valid_one = [r["valid_loss"] for r in records(one) if "valid_loss" in r]
+    valid_two = [r["valid_loss"] for r in records(two) if "valid_loss" in r]
+    assert len(valid_one) == len(valid_two) >= 1 and valid_two == pytest.approx(valid_one, rel=1e-5)
     w1, w2 = lora_tensors(one / f"model.{final_step}.pt"), lora_tensors(two / f"model.{final_step}.pt")
     assert any(w1[k].abs().sum() > 0 for k in w1 if k.endswith("lora_B"))
     for key in w1:
@@ -93,6 +105,17 @@ def test_a_resumed_two_process_run_equals_one_uninterrupted_process(tmp_path, tr
     assert_same_run(one, two, final_step=12)
 
 
+def test_a_failed_checkpoint_write_stops_every_rank(tmp_path, train_file):
+    """Only rank 0 writes; when its background write fails, every rank stops at the next wait with the same
+    one-line error (none is left waiting in a collective)."""
+    argv = flags(train_file, tmp_path / "two", ["--global_batch", 4], save_interval=4)
+    done = run(tmp_path, 2, argv, "eager", fail_write="model.4.pt", check=False)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ") and "model.4.pt" in line]
+    assert len(errors) == 2 and all("No space left on device" in line for line in errors), done.stderr[-3000:]
+    assert not (tmp_path / "two" / "model.8.pt").exists()
+
+
 def test_per_process_batches_average_the_rank_losses(tmp_path, train_file):
     """Without --global_batch each rank's loss is its own batch's mean (the original's DDP): on these unequal
     examples that differs from the one-process loss of the same examples, which is what --global_batch fixes."""
@@ -112,6 +135,24 @@ def test_refuses_a_global_batch_that_does_not_split(tmp_path, train_file):
     assert done.returncode != 0
     assert "--global_batch 5 does not split evenly over 2 processes" in done.stderr
     assert "InputError" not in done.stderr  # a one-line error from each rank (torchrun adds its own report)
+
+
+def test_a_train_batch_size_must_agree_with_the_global_batch(monkeypatch):
+    """--train_batch_size beside --global_batch only when it is the share (an abbreviated flag included)."""
+    from gpt2_ft import build_parser, check_args
+    from loranlg.errors import InputError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    base = ["--train_data", "t.jsonl", "--valid_data", "v.jsonl", "--model_card", "gpt2.tiny", "--max_step", "2"]
+    args = build_parser().parse_args(base + ["--global_batch", "8", "--train_batch_size", "4"])
+    check_args(args)
+    assert args.train_batch_size == 4
+    args = build_parser().parse_args(base + ["--global_batch", "8", "--train_batch", "3"])
+    with pytest.raises(InputError, match="--train_batch_size 3 and --global_batch 8 over 2 process"):
+        check_args(args)
+    args = build_parser().parse_args(base)
+    check_args(args)
+    assert args.train_batch_size == 8  # the original's default
 
 
 RANK_SHAPES = textwrap.dedent("""

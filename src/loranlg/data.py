@@ -21,7 +21,6 @@ from dataclasses import astuple, dataclass
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from . import batch_transfer
 from .errors import InputError
 from .files import read_jsonl
 
@@ -183,14 +182,3 @@ def batch_indices(sampler, batch_size, epoch=None, drop_last=True):
     indices = list(sampler)
     stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
     return [indices[i:i + batch_size] for i in range(0, stop, batch_size)]
-
-
-def iterate_batches(dataset, batches, start=0, device=None, collate_fn=collate, **padding):
-    """(batch number from 0, batch on device) from batch `start` on; `padding`: collate_fn's multiples.
-    Skipped batches fetch nothing, so the dataset's fill generator advances exactly as in an uninterrupted
-    run."""
-    for number in range(start, len(batches)):
-        batch = collate_fn([dataset[i] for i in batches[number]], dataset.seq_len, **padding)
-        if device is not None:
-            batch = batch_transfer.to_device(batch, device)
-        yield number, batch

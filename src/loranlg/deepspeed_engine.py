@@ -39,6 +39,7 @@ class DeepSpeedStep:
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
         start_single_process(ctx)
         self.args, self.stage = args, stage(config)
+        self.collective_forward = self.stage == 3  # ZeRO-3 gathers each layer's weights from all ranks in its forward
         self.optimizer = optim.create_optimizer(model, args)
         objective = LMObjective(model, args.precision)
         if self.stage == 3:  # the tied head reads the embedding's weight outside the embedding's forward (recent

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 
 
-_captured = []  # set once a CUDA graph captured average_gradients' collective
+_captured = False  # whether a CUDA graph captured average_gradients' collective
 
 
 def collectives_captured():
-    return bool(_captured)
+    return _captured
 
 
 def broadcast_parameters(parameters):
@@ -27,8 +27,8 @@ def broadcast_parameters(parameters):
 def average_gradients(parameters, world_size):
     """p.grad := mean over the ranks of p.grad, for every parameter (a missing gradient counts as zeros):
     one all-reduce per gradient dtype, over the gradients flattened into one buffer."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        _captured.append(True)
+    global _captured
+    _captured = _captured or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
     by_dtype = {}
     for param in parameters:
         if param.grad is None:

@@ -35,14 +35,13 @@ class GraphedTrainStep:
     restored before the first real step, and after a failed capture.
     """
 
-    def __init__(self, train_step_fn, params, protect, unused=(), warmup_iters=2, capture_error_mode="global"):
+    def __init__(self, train_step_fn, params, protect, unused=(), warmup_iters=2):
         self.train_step_fn = train_step_fn
         self.unused = set(unused)
         self.params = [p for p in params if p.requires_grad]
         self.device = self.params[0].device
         self.protect = list(protect)
         self.warmup_iters = warmup_iters
-        self.capture_error_mode = capture_error_mode
         self.pool = torch.cuda.graph_pool_handle()
         self.captured = {}
 
@@ -71,7 +70,9 @@ class GraphedTrainStep:
             torch.cuda.current_stream(device).wait_stream(side)
             self._clear_grads()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=self.capture_error_mode):
+            # "thread_local": other threads may use CUDA meanwhile (NCCL's watchdog polls its events, the
+            # checkpoint writer waits for its copies)
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 loss = self.train_step_fn(inputs)
         finally:
             with torch.no_grad():

@@ -197,7 +197,7 @@ def build_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, lora_slices=
 
 
 def unwrap(model):
-    """The GPT2LMModel inside DistributedDataParallel / torch.compile wrappers."""
+    """The GPT2LMModel inside wrappers (torch.compile's, an engine's)."""
     while not isinstance(model, GPT2LMModel):
         inner = getattr(model, "module", None)
         if inner is None:

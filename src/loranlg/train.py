@@ -20,7 +20,7 @@ import torch
 
 from . import data, optim
 from .checkpoint_writer import CheckpointWriter
-from .distributed import barrier
+from .distributed import DistContext, all_gather_objects, barrier
 from .errors import InputError, Interrupted, RunError
 from .model import unwrap
 from .rank_batches import make_batches
@@ -57,11 +57,6 @@ def default_max_step(args, num_batches, world_size):
     return (args.max_epoch * num_batches + world_size - 1) // world_size
 
 
-def evaluate(objective, valid_set, valid_batches, ctx):
-    """Validation loss (s = 0) averaged per batch, then over the batches of all ranks; and its exp
-    (validation.py: computed over packed rows)."""
-    return validation_loss(objective, valid_set, valid_batches, ctx)
-
 
 def all_finite(tensors):
     """Whether every element of every tensor is finite, with one read of the device."""
@@ -85,15 +80,18 @@ class TrainingRun:
         self.args, self.ctx, self.model, self.log = args, ctx, model, log
         self.train_set, self.valid_set, self.model_state = train_set, valid_set, model_state
         self.progress = None
-        valid_sampler = data.make_sampler(valid_set, ctx, args.random_seed)
+        global_batch = getattr(args, "global_batch", None)
+        # With --global_batch every rank validates on one process's batches, so that the loss is its number too.
+        valid_sampler = data.make_sampler(valid_set, DistContext() if global_batch else ctx, args.random_seed)
         self.valid_batches = data.batch_indices(valid_sampler, args.valid_batch_size, epoch=None, drop_last=False)
         self.step = make_step(model, args, ctx, speed, self.say)
-        global_batch = getattr(args, "global_batch", None)
         self.batches = make_batches(train_set, ctx, args.random_seed, args.train_batch_size, global_batch,
                                     self.step.layout, self.step.same_shapes)
         if not self.batches.indices(epoch=1):
-            raise InputError(f"{len(train_set.examples)} training examples give no full batch of "
-                             f"{args.train_batch_size} per rank over {ctx.world_size} rank(s)", args.train_data)
+            wanted = (f"--global_batch {global_batch}" if global_batch else
+                      f"{args.train_batch_size} per rank over {ctx.world_size} rank(s)")
+            raise InputError(f"{len(train_set.examples)} training examples give no full batch of {wanted}",
+                             args.train_data)
         self.max_step = default_max_step(args, train_set.num_batches, 1 if global_batch else ctx.world_size)
         self.say(f"max_step: {self.max_step} ({train_set.num_batches} batches of {global_batch or args.train_batch_size}"
                  f" an epoch" + (f", {args.train_batch_size} on each of {ctx.world_size} ranks)" if global_batch
@@ -144,7 +142,7 @@ class TrainingRun:
         try:
             with StopRequest() as request:
                 stopped = self.run_steps(stop_after_step, request)
-                self.writer.wait()  # the last files are written (or their failure raised)
+                self.wait_for_writes()  # the last files are written (or their failure raised)
                 if request.signum is not None and stopped == "signal":
                     self.stop_on_signal(request.signum)
         except Interrupted:
@@ -202,14 +200,29 @@ class TrainingRun:
         """Ctrl-C / SIGTERM: save resume.pt at this step (no model file), say how to go on, exit 128 + signum."""
         name = signal.Signals(signum).name
         if not getattr(self.step, "resumable", True):
-            self.writer.wait()
+            self.wait_for_writes()
             raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; a --deepspeed "
                               f"run does not resume: {self.kept()}", exit_code=128 + signum)
         self.save_resume(final=False)
-        self.writer.wait()
+        self.wait_for_writes()
         command = getattr(self.args, "resume_command", None) or "the same command with --resume"
         raise Interrupted(f"{name}: training stopped at step {self.train_step} of {self.max_step}; its state is "
                           f"saved in {self.resume_path}. Continue with: {command}", exit_code=128 + signum)
+
+    def wait_for_writes(self):
+        """Until the files of the last save are written; a failed write (rank 0's) raised on every rank, so that
+        no rank goes on to a collective the others have left. Collective: every rank calls it."""
+        try:
+            self.writer.wait()
+            failure = None
+        except RunError as err:
+            failure = err
+        if self.ctx.distributed:
+            found = [f for f in all_gather_objects(failure and (failure.message, failure.path), self.ctx) if f]
+            if found and failure is None:
+                failure = RunError(*found[0])
+        if failure is not None:
+            raise failure
 
     def kept(self):
         """What a failed run leaves to go on from."""
@@ -258,7 +271,7 @@ class TrainingRun:
         """model.{step}.pt and resume.pt (every rank calls it); never weights that are not finite. The files are
         written in the background; a failure of the previous save's is raised here."""
         self.read_losses()
-        self.writer.wait()
+        self.wait_for_writes()
         gathered = getattr(self.step, "full_weights", None)  # DeepSpeed: the fp32 weights, gathered meanwhile
         with gathered() if gathered else contextlib.nullcontext():
             if not all_finite([p for p in self.model.parameters() if p.requires_grad]):
@@ -299,7 +312,11 @@ class TrainingRun:
     def run_eval(self):
         self.read_losses()
         start = time.perf_counter()
-        self.valid_loss, valid_ppl = evaluate(self.step.objective, self.valid_set, self.valid_batches, self.ctx)
+        # A forward that is itself collective (DeepSpeed's ZeRO-3 gathers weights) must run as often on every
+        # rank: one batch a pack (the ranks have as many batches; packs of several could differ in number).
+        pack_tokens = 0 if getattr(self.step, "collective_forward", False) else None
+        self.valid_loss, valid_ppl = validation_loss(self.step.objective, self.valid_set, self.valid_batches,
+                                                     self.ctx, pack_tokens)
         self.best_ppl = valid_ppl if self.best_ppl is None else min(self.best_ppl, valid_ppl)
         step = self.train_step
         self.metrics.write({"step": step, "epoch": self.epoch, "valid_loss": self.valid_loss,

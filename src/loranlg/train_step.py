@@ -223,10 +223,8 @@ class GraphedStep:
 
     def capture(self):
         trainable = self.trainable
-        # With several ranks a thread of NCCL's polls its events while we capture: "thread_local" lets it.
-        mode = "thread_local" if self.world_size > 1 else "global"
         return GraphedTrainStep(self.step_fn(), trainable, protect=trainable + self.optimizer.state_tensors(),
-                                unused=("mask",), capture_error_mode=mode)
+                                unused=("mask",))
 
     @property
     def graphs(self):
