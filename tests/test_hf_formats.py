@@ -13,7 +13,8 @@ from transformers import GPT2LMHeadModel
 from loranlg import hf_formats
 from loranlg.checkpoint import save_lora
 from loranlg.errors import InputError
-from loranlg.lora import LoRAQKV
+from loranlg.lora import LoRAQKV, lora_state_dict
+from loranlg.lora_variants import lora_settings
 from loranlg.loading import load_model
 from loranlg.model import build_model
 
@@ -111,7 +112,7 @@ def test_our_peft_adapter_reads_back_as_our_layout(tmp_path):
     save_base_dir(ours, tmp_path / "base")
     hf_formats.write_peft_adapter(ours, tmp_path / "adapter")
     shape, state = hf_formats.read_peft_adapter(tmp_path / "adapter")
-    assert shape == {"rank": 2, "alpha": 8.0, "slices": "qv"}
+    assert shape == {"rank": 2, "alpha": 8.0, "targets": "q,v", "scaling": "alpha_over_r", "dora": False}
     assert torch.equal(state["h.1.attn.c_attn.lora_A"], ours.transformer.h[1].attn.c_attn.lora_A)
     assert torch.equal(state["h.1.attn.c_attn.lora_B"], ours.transformer.h[1].attn.c_attn.lora_B)
     back = load_model(None, init_checkpoint=tmp_path / "base", lora_checkpoint=tmp_path / "adapter").eval()
@@ -172,16 +173,68 @@ def test_a_peft_adapter_through_gpt2_beam_and_the_lora_file(tmp_path):
     assert close(logits(ours), logits(trained))
 
 
+VARIANTS = [dict(lora_targets="k"), dict(lora_targets="o"), dict(lora_targets="q,k,v,o"), dict(lora_targets="all"),
+            dict(lora_scaling="rs"), dict(dora=True), dict(lora_targets="q,k,v,o", dora=True),
+            dict(lora_targets="v,proj", lora_scaling="rs", dora=True)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_every_variant_reads_back_from_its_peft_adapter(tmp_path, variant):
+    """Export, then read back as the commands do (load_model, variant flags left out): the same tensors and
+    settings, and the outputs of PeftModel on the exported adapter."""
+    torch.manual_seed(0)
+    ours = build_model(tiny_config(), lora_dim=2, lora_alpha=8, **variant).eval()
+    randomize(ours, 0, scale=0.1)
+    save_base_dir(ours, tmp_path / "base")
+    hf_formats.write_peft_adapter(ours, tmp_path / "adapter")
+    back = load_model(None, init_checkpoint=tmp_path / "base", lora_checkpoint=tmp_path / "adapter").eval()
+    assert (back.config.lora_dim, back.config.lora_alpha) == (2, 8)
+    assert lora_settings(back.config) == lora_settings(ours.config)
+    theirs, mine = lora_state_dict(back), lora_state_dict(ours)
+    assert theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
+    peft_model = PeftModel.from_pretrained(hub_twin(ours), tmp_path / "adapter").eval()
+    assert close(logits(back), logits(peft_model), tol=1e-4 if variant.get("dora") else TOL)
+
+
+def peft_made(tmp_path, **config):
+    """A tiny transformers GPT-2 directory and a peft adapter on it with random non-zero tensors (full B)."""
+    torch.manual_seed(1)
+    GPT2LMHeadModel(hub_config(tiny_config())).eval().save_pretrained(tmp_path / "base")
+    base = GPT2LMHeadModel.from_pretrained(tmp_path / "base", attn_implementation="eager")
+    model = get_peft_model(base, LoraConfig(lora_dropout=0.0, **config))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    model.eval().save_pretrained(tmp_path / "adapter")
+    return model
+
+
+def test_an_adapter_made_by_peft_on_every_module_with_rslora_and_dora_reads(tmp_path):
+    """peft's own adapter on c_attn (full B: q, k, v through one shared A), both c_proj and c_fc."""
+    theirs = peft_made(tmp_path, r=3, lora_alpha=5, target_modules=["c_attn", "c_proj", "c_fc"], use_rslora=True,
+                       use_dora=True)
+    ours = load_model(None, init_checkpoint=tmp_path / "base", lora_checkpoint=tmp_path / "adapter").eval()
+    assert lora_settings(ours.config) == {"lora_targets": "q,k,v,o,fc,proj", "lora_scaling": "rs", "dora": True,
+                                          "lora_init": "kaiming"}
+    assert ours.config.lora_dim == 3 and abs(ours.config.lora_alpha - 5) < 1e-9
+    assert close(logits(ours), logits(theirs), tol=1e-4)
+
+
 @pytest.mark.parametrize("change, named", [
-    (dict(target_modules=["c_attn", "c_fc"]), "LoRA on other modules than attn.c_attn (mlp.c_fc)"),
-    (dict(target_modules=["c_attn"], use_dora=True), "DoRA (use_dora)"),
+    (dict(target_modules=["c_attn", "wte"]), "LoRA on other modules than GPT-2's (wte)"),
     (dict(target_modules=["c_attn"], bias="lora_only"), "trained biases (bias='lora_only')"),
+    (dict(target_modules=["c_attn", "c_fc"], rank_pattern={"c_fc": 1}),
+     "its modules come out at different ranks (c_attn (q, k, v through one shared A) 2, mlp.c_fc 1)"),
+    (dict(target_modules=["c_attn", "c_fc"], alpha_pattern={"c_fc": 4}),
+     "its modules have different scalings (c_attn (q, k, v through one shared A) 4, mlp.c_fc 2)"),
 ])
 def test_adapters_we_cannot_represent_are_named(tmp_path, change, named):
     torch.manual_seed(1)
     base = GPT2LMHeadModel(hub_config(tiny_config()))
     get_peft_model(base, LoraConfig(r=2, **change)).save_pretrained(tmp_path / "adapter")
-    with pytest.raises(InputError, match="not representable") as err:
+    with pytest.raises(InputError, match="not representable by our LoRA") as err:
         hf_formats.read_peft_adapter(tmp_path / "adapter")
     assert named in str(err.value)
 
@@ -287,8 +340,10 @@ def test_export_peft_and_lora_through_the_command(tmp_path):
     ("", ["--model_card", "gpt2.tiny", "--lora_checkpoint", "x.pt", "--format", "merged"],
      "missing base: --format merged needs the base weights (--init_checkpoint)"),
     ("adapter", ["--init_checkpoint", "{adapter}", "--format", "merged"], "missing base: the adapter's base model"),
-    ("dora", ["--init_checkpoint", "{six}", "--lora_checkpoint", "{dora}", "--format", "peft"],
-     "not representable by our LoRA (on c_attn only): DoRA (use_dora)"),
+    ("mixed", ["--init_checkpoint", "{six}", "--lora_checkpoint", "{mixed}", "--format", "peft"],
+     "not representable by our LoRA (on GPT-2's c_attn, c_proj, c_fc): its modules come out at different ranks"),
+    ("adapter", ["--init_checkpoint", "{six}", "--lora_checkpoint", "{adapter}", "--dora", "--format", "peft"],
+     "this adapter's LoRA has --dora off but the flag says on: leave --dora out"),
     ("adapter", ["--init_checkpoint", "{six}", "--lora_checkpoint", "{adapter}", "--lora_dim", "4", "--format",
                  "peft"], "this adapter is a rank-2 LoRA on q,k,v but --lora_dim is 4"),
     ("six", ["--init_checkpoint", "{six}", "--format", "peft"], "nothing to export: the model has no LoRA"),
@@ -300,12 +355,13 @@ def test_bad_input_is_one_error_line(tmp_path, setup, flags, message):
     torch.manual_seed(0)
     hub = GPT2LMHeadModel(hub_config(tiny_config(n_layer=6)))
     hub.save_pretrained(tmp_path / "six")
-    if setup in ("adapter", "dora"):
-        config = LoraConfig(r=2, target_modules=["c_attn"], use_dora=setup == "dora")
+    if setup in ("adapter", "mixed"):
+        config = LoraConfig(r=2, target_modules=["c_attn"] + (["c_fc"] if setup == "mixed" else []),
+                            rank_pattern={"c_fc": 1} if setup == "mixed" else {})
         adapter = get_peft_model(GPT2LMHeadModel(hub_config(tiny_config(n_layer=6))), config)
         adapter.peft_config["default"].base_model_name_or_path = "someone/not-here"
         adapter.save_pretrained(tmp_path / setup)
-    paths = {"six": tmp_path / "six", "adapter": tmp_path / "adapter", "dora": tmp_path / "dora", "tmp": tmp_path}
+    paths = {"six": tmp_path / "six", "adapter": tmp_path / "adapter", "mixed": tmp_path / "mixed", "tmp": tmp_path}
     argv = [f.format(**paths) for f in flags] + ["--output", tmp_path / "out"]
     done = run_script("gpt2_export.py", *argv)
     assert done.returncode == 2, done.stderr

@@ -16,13 +16,16 @@ is n r and lora_alpha n alpha (`slices_to_peft`); tests/test_hf_formats.py check
 PeftModel. Backwards, an adapter we wrote (its safetensors metadata says so, and its B has exactly that block
 structure) becomes our rank-r LoRA again; any other PEFT adapter of rank R (one trained by peft adapts q, k and v
 through one shared A) is our LoRA on every slice at rank R: A_s = A, B_s = B's rows of s, alpha = s_p R
-(`shared_to_slices`): the same map again.
+(`shared_to_slices`): the same map again. The other modules (attn.c_proj, mlp.c_fc, mlp.c_proj: our o, fc,
+proj) are whole-module LoRA on both sides, tensors as they are; DoRA's lora_magnitude_vector [out] is our
+lora_magnitude (on c_attn its adapted slices' columns). Our LoRA has one rank r and one alpha: an adapter
+whose modules (after the mapping above; rank_pattern / alpha_pattern applied) differ in either is refused,
+and so is one on other modules. alpha is s_p r, or s_p sqrt(r) with use_rslora (read as --lora_scaling rs).
 
 transformers' GPT-2 keeps c_attn as a Conv1D (weight [in, out], like ours); PEFT marks it fan_in_fan_out,
 which only transposes the base weight when merging: lora_A / lora_B are [R, in] / [out, R] either way.
 """
 
-import dataclasses
 import functools
 import json
 import math
@@ -34,6 +37,7 @@ import torch
 
 from .errors import InputError
 from .files import atomic_output
+from .flags import MODULE_TARGETS
 from .lora import SLICE_NAMES, named_lora_layers
 from .lora_variants import peft_config
 
@@ -48,25 +52,6 @@ HUB_IDS = {"gpt2.sm": "openai-community/gpt2", "gpt2.md": "openai-community/gpt2
 
 
 # ---------------------------------------------------------------- the mapping, target by target
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """A module that PEFT adapts as a whole and we adapt in slices of its output."""
-    module: str  # its name inside a block, as transformers names it
-    parts: str   # its output slices in order, one letter each (the letters of our lora_slices)
-
-    def layers(self, model):
-        """(block index, our LoRA layer) for each block of `model`."""
-        name = self.module.split(".")
-        for i, block in enumerate(model.transformer.h):
-            layer = block
-            for part in name:
-                layer = getattr(layer, part)
-            yield i, layer
-
-
-TARGETS = (Target("attn.c_attn", SLICE_NAMES),)  # what issue 22 maps; more targets are more rows
-
 
 def slices_to_peft(blocks, n_parts, width):
     """[(part index, A_s [r, in], B_s [width, r]), ...] -> (A [n r, in], B [n_parts width, n r]): one LoRA of the
@@ -236,48 +221,158 @@ def read_hf_weights(path):
 # ---------------------------------------------------------------- reading a PEFT adapter
 
 UNSUPPORTED_PEFT = (  # adapter_config.json fields whose non-default values we cannot represent
-    ("use_dora", "DoRA (use_dora)"), ("lora_bias", "a LoRA bias (lora_bias)"),
-    ("modules_to_save", "fully trained modules (modules_to_save)"), ("rank_pattern", "per-module ranks (rank_pattern)"),
-    ("alpha_pattern", "per-module alphas (alpha_pattern)"), ("layers_to_transform", "a subset of layers "
-     "(layers_to_transform)"), ("layer_replication", "layer_replication"),
+    ("lora_bias", "a LoRA bias (lora_bias)"), ("modules_to_save", "fully trained modules (modules_to_save)"),
+    ("layers_to_transform", "a subset of layers (layers_to_transform)"), ("layer_replication", "layer_replication"),
     ("trainable_token_indices", "trainable tokens (trainable_token_indices)"),
-    ("target_parameters", "LoRA on parameters (target_parameters)"),
+    ("target_parameters", "LoRA on parameters (target_parameters)"), ("use_qalora", "QALoRA (use_qalora)"),
+    ("use_bdlora", "block-diagonal LoRA (use_bdlora)"), ("alora_invocation_tokens", "aLoRA (alora_invocation_tokens)"),
 )
-PEFT_KEY = re.compile(r"^(?:transformer\.)?h\.(\d+)\.(.+)\.lora_([AB])(?:\.default)?\.weight$")
+GPT2_MODULES = ("attn.c_attn",) + tuple(MODULE_TARGETS.values())  # what a PEFT LoRA of GPT-2 may adapt
+TARGET_OF_MODULE = {module: name for name, module in MODULE_TARGETS.items()}  # attn.c_proj -> o
+PEFT_KEY = re.compile(r"^(?:transformer\.)?h\.(\d+)\.(.+)\.(lora_A|lora_B|lora_magnitude_vector)(?:\.default)?"
+                      r"(?:\.weight)?$")
+REPRESENTABLE = "this adapter is not representable by our LoRA (on GPT-2's c_attn, c_proj, c_fc): "
 
 
 def read_peft_adapter(path):
-    """A PEFT adapter directory -> (lora shape {rank, alpha, slices}, {our key: tensor}) in our layout."""
-    config = read_json(os.path.join(path, PEFT_CONFIG))
+    """A PEFT adapter directory -> (lora shape {rank, alpha, targets, scaling, dora}, {our key: tensor}) in our
+    layout: targets as --lora_targets text, scaling as --lora_scaling, dora as --dora."""
     where = os.path.join(path, PEFT_CONFIG)
+    config = read_json(where)
     if config.get("peft_type", "LORA") != "LORA":
         raise InputError(f"a {config.get('peft_type')} adapter: only LoRA adapters are representable", where)
     problems = [what for key, what in UNSUPPORTED_PEFT if config.get(key) not in (None, False, {}, [], "none")]
     if config.get("bias", "none") != "none":
         problems.append(f"trained biases (bias={config['bias']!r})")
-    raw = read_adapter_tensors(path)
+    modules, others = adapter_modules(read_adapter_tensors(path))
+    if others:
+        problems.append(f"LoRA on other modules than GPT-2's ({', '.join(adapted_modules(others))})")
+    if problems:
+        raise InputError(REPRESENTABLE + "; ".join(problems), path)
+    if not modules:
+        raise InputError("no LoRA tensors of c_attn, c_proj or c_fc in this adapter", path)
+    check_coverage(modules, bool(config.get("use_dora")), path)
+    return peft_state(modules, config, adapter_layout(path), path)
+
+
+def adapter_modules(raw):
+    """PEFT's tensors -> ({(block, module): {"lora_A", "lora_B", "lora_magnitude_vector"}}, other keys)."""
     modules, others = {}, []
     for key, value in raw.items():
         name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         match = PEFT_KEY.match(name)
-        if match and match.group(2) in {t.module for t in TARGETS}:
+        if match and match.group(2) in GPT2_MODULES:
             modules.setdefault((int(match.group(1)), match.group(2)), {})[match.group(3)] = value.float()
         else:
             others.append(name)
-    if others:
-        problems.append(f"LoRA on other modules than attn.c_attn ({', '.join(adapted_modules(others))})")
-    if problems:
-        raise InputError("this adapter is not representable by our LoRA (on c_attn only): " + "; ".join(problems),
-                         path)
-    if not modules:
-        raise InputError("no LoRA tensors of attn.c_attn in this adapter", path)
-    layers = sorted(i for i, _ in modules)
-    if layers != list(range(len(layers))) or any(set(m) != {"A", "B"} for m in modules.values()):
-        raise InputError(f"the adapter's c_attn LoRA covers layers {layers} (each with lora_A and lora_B "
-                         "expected, from layer 0 on)", path)
-    rank = int(config.get("r", 8))
-    scaling = float(config.get("lora_alpha", 8)) / (math.sqrt(rank) if config.get("use_rslora") else rank)
-    return peft_state(modules, rank, scaling, adapter_layout(path), path)
+    return modules, others
+
+
+def check_coverage(modules, dora, path):
+    """Every adapted module in every layer from 0 on, each with lora_A, lora_B (and its magnitudes with DoRA)."""
+    layers = sorted({i for i, _ in modules})
+    names = sorted({m for _, m in modules})
+    expected = {"lora_A", "lora_B"} | ({"lora_magnitude_vector"} if dora else set())
+    if layers != list(range(len(layers))) or len(modules) != len(layers) * len(names):
+        raise InputError(f"the adapter's LoRA covers layers {layers} of {', '.join(names)}: our LoRA adapts every "
+                         "layer from 0 on, each on the same modules", path)
+    for (i, module), tensors in modules.items():
+        if set(tensors) != expected:
+            raise InputError(f"layer {i} {module}: has {', '.join(sorted(tensors))}, expected "
+                             f"{', '.join(sorted(expected))}{' (use_dora)' if dora else ''}", path)
+
+
+def pattern_value(patterns, module, default):
+    """peft's rank_pattern / alpha_pattern lookup: the first key that matches the module name's end."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def module_scaling(config, i, module, rank, path):
+    """peft's scaling of one adapted module: lora_alpha / r, or / sqrt(r) with use_rslora (patterns applied)."""
+    name = f"transformer.h.{i}.{module}"
+    r = int(pattern_value(config.get("rank_pattern"), name, config.get("r", 8)))
+    if r != rank:
+        raise InputError(f"layer {i} {module}: rank {rank} but adapter_config.json says r={r}", path)
+    alpha = float(pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", 8)))
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def c_attn_blocks(A, B, layout, i, path):
+    """c_attn's (A, B) -> [(part, A_s, B_s)] and the slices: the block layout an adapter we wrote records,
+    else every slice through the shared A (the module docstring)."""
+    parts = len(SLICE_NAMES)
+    width = A.shape[1]
+    if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1] or B.shape[0] != parts * width:
+        raise InputError(f"layer {i} attn.c_attn: lora_A {list(A.shape)} and lora_B {list(B.shape)} are not a LoRA "
+                         f"of a [{width}, {parts} x {width}] c_attn", path)
+    if layout is not None:
+        blocks = peft_to_slices(A, B, [SLICE_NAMES.index(p) for p in layout[0]], width)
+        if blocks is not None and A.shape[0] == layout[1] * len(layout[0]):
+            return blocks, layout[0]
+    return shared_to_slices(A, B, parts, width), SLICE_NAMES
+
+
+def peft_state(modules, config, layout, path):
+    """Per (layer, module) PEFT tensors -> (lora shape, our lora_A / lora_B / lora_magnitude). Our LoRA has one
+    rank and one alpha: every module must come out at the same rank and scaling."""
+    state, ranks, scalings, slices = {}, {}, {}, {}
+    for (i, module), tensors in sorted(modules.items()):
+        A, B, M = tensors["lora_A"], tensors["lora_B"], tensors.get("lora_magnitude_vector")
+        if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
+            raise InputError(f"layer {i} {module}: lora_A {list(A.shape)} and lora_B {list(B.shape)} are not a "
+                             "LoRA", path)
+        if M is not None and list(M.shape) != [B.shape[0]]:
+            raise InputError(f"layer {i} {module}: lora_magnitude_vector {list(M.shape)}, expected [{B.shape[0]}]",
+                             path)
+        scalings.setdefault(module, set()).add(module_scaling(config, i, module, A.shape[0], path))
+        key = f"h.{i}.{module}"
+        if module == "attn.c_attn":
+            blocks, on = c_attn_blocks(A, B, layout, i, path)
+            slices.setdefault(on, []).append(i)
+            A, B = torch.cat([a for _, a, _ in blocks]), torch.cat([b for _, _, b in blocks])
+            if M is not None:
+                width = A.shape[1]
+                M = torch.cat([M[p * width:(p + 1) * width] for p, _, _ in blocks])
+            ranks.setdefault(module, set()).add(blocks[0][1].shape[0])
+        else:
+            ranks.setdefault(module, set()).add(A.shape[0])
+        state[f"{key}.lora_A"], state[f"{key}.lora_B"] = A, B
+        if M is not None:
+            state[f"{key}.lora_magnitude"] = M
+    if len(slices) > 1:
+        raise InputError(REPRESENTABLE + "its c_attn LoRA has our q/k/v block layout in some layers only", path)
+    rank, scaling = one_rank_and_scaling(ranks, scalings, next(iter(slices), ""), path)
+    rs = bool(config.get("use_rslora"))
+    targets = [name for name in SLICE_NAMES if name in next(iter(slices), "")]
+    targets += [TARGET_OF_MODULE[m] for m in MODULE_TARGETS.values() if m in ranks]
+    shape = dict(rank=rank, alpha=scaling * (math.sqrt(rank) if rs else rank), targets=",".join(targets),
+                 scaling="rs" if rs else "alpha_over_r", dora=bool(config.get("use_dora")))
+    return shape, state
+
+
+def one_rank_and_scaling(ranks, scalings, c_attn_slices, path):
+    """The single rank and scaling of our LoRA, or the InputError that names the modules that differ."""
+    def described(module):
+        if module != "attn.c_attn":
+            return module
+        return f"c_attn ({'our q/k/v blocks' if c_attn_slices != SLICE_NAMES else 'q, k, v through one shared A'})"
+
+    found = {m: (sorted(ranks[m]), sorted(scalings[m])) for m in ranks}
+    rank_set = {r for m in found for r in found[m][0]}
+    scale_set = {s for m in found for s in found[m][1]}
+    if len(rank_set) > 1:
+        listed = ", ".join(f"{described(m)} {'/'.join(map(str, found[m][0]))}" for m in found)
+        raise InputError(REPRESENTABLE + f"its modules come out at different ranks ({listed}); ours has one "
+                         "rank (--lora_dim)", path)
+    scale = min(scale_set)
+    if any(abs(s - scale) > 1e-6 * abs(scale) for s in scale_set):
+        listed = ", ".join(f"{described(m)} {'/'.join(f'{s:g}' for s in found[m][1])}" for m in found)
+        raise InputError(REPRESENTABLE + f"its modules have different scalings ({listed}); ours has one alpha "
+                         "(--lora_alpha)", path)
+    return rank_set.pop(), scale
 
 
 def adapted_modules(keys):
@@ -310,39 +405,6 @@ def adapter_layout(path):
         return None
     slices, rank = recorded.split(":")
     return slices.replace(",", ""), int(rank)
-
-
-def peft_state(modules, rank, scaling, layout, path):
-    """Per layer (A, B) of the whole c_attn -> our lora_A / lora_B, in the block layout we wrote when every
-    layer has it, else shared (every slice at rank R)."""
-    target = TARGETS[0]
-    parts = len(target.parts)
-    blocks_by_layer = {}
-    for (i, module), tensors in modules.items():
-        A, B = tensors["A"], tensors["B"]
-        if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1] or B.shape[0] != parts * A.shape[1]:
-            raise InputError(f"layer {i} {module}: lora_A {list(A.shape)} and lora_B {list(B.shape)} are not a LoRA "
-                             f"of a [{A.shape[-1]}, {parts} x {A.shape[-1]}] c_attn", path)
-        if A.shape[0] != rank:
-            raise InputError(f"layer {i}: rank {A.shape[0]} but adapter_config.json says r={rank}", path)
-        blocks_by_layer[i] = (A, B)
-    width = next(iter(blocks_by_layer.values()))[0].shape[1]
-    mapped = None
-    if layout is not None:
-        indices = [target.parts.index(p) for p in layout[0]]
-        mapped = {i: peft_to_slices(A, B, indices, width) for i, (A, B) in blocks_by_layer.items()}
-        if any(b is None for b in mapped.values()) or rank != layout[1] * len(indices):
-            mapped = None
-        else:
-            shape = dict(rank=layout[1], alpha=scaling * layout[1], slices=layout[0])
-    if mapped is None:
-        mapped = {i: shared_to_slices(A, B, parts, width) for i, (A, B) in blocks_by_layer.items()}
-        shape = dict(rank=rank, alpha=scaling * rank, slices=target.parts)
-    state = {}
-    for i, blocks in mapped.items():
-        state[f"h.{i}.{target.module}.lora_A"] = torch.cat([a for _, a, _ in blocks])
-        state[f"h.{i}.{target.module}.lora_B"] = torch.cat([b for _, _, b in blocks])
-    return shape, state
 
 
 def peft_base(path):

@@ -8,6 +8,7 @@ from torch.overrides import TorchFunctionMode
 from .checkpoint import describe_shape, load_weights
 from .errors import InputError
 from .file_record import check_settings
+from .flags import parse_targets
 from .lora import lora_layers, merge_lora
 from .lora_variants import DEFAULT_SETTINGS
 from .model import CARDS, GPT2Config, build_model
@@ -26,9 +27,8 @@ def load_model(card, lora_dim=0, lora_alpha=128, lora_dropout=0.0, init_checkpoi
     adapter gives the LoRA's rank, alpha and slices (resolve_lora). lora_targets, lora_scaling, dora,
     lora_init: as the flags of the same names (lora_variants.py); a checkpoint recording other ones is refused."""
     config = resolve_config(card, init_checkpoint)
-    lora_dim, lora_alpha, file_targets = resolve_lora(lora_dim, lora_alpha, init_checkpoint, lora_checkpoint)
-    if file_targets is not None and lora_targets in (None, DEFAULT_SETTINGS["lora_targets"]):
-        lora_targets = file_targets  # the adapter's own slices, unless the flags ask for others (then loading says)
+    lora_dim, lora_alpha, from_file = resolve_lora(lora_dim, lora_alpha, init_checkpoint, lora_checkpoint)
+    lora_targets, lora_scaling, dora = resolve_variant(from_file, lora_targets, lora_scaling, dora)
     without_init = merge and init_checkpoint is not None
     with NoRandomInit() if without_init else contextlib.nullcontext():
         model = build_model(config, lora_dim, lora_alpha, lora_dropout, device=device, lora_targets=lora_targets,
@@ -101,24 +101,51 @@ def resolve_config(card, init_checkpoint=None, default=None):
 
 
 def resolve_lora(lora_dim, lora_alpha, init_checkpoint=None, lora_checkpoint=None):
-    """(lora_dim, lora_alpha, targets) of the model to build: the flags' (targets None: --lora_targets
-    decides), or a PEFT adapter's own rank, alpha and c_attn slices as targets text (lora_dim 0: taken from it;
-    otherwise they must agree); our .pt files with LoRA on all of q,k,v give those slices."""
+    """(lora_dim, lora_alpha, settings) of the model to build: the flags' (settings None: the variant flags
+    decide), or a PEFT adapter's own rank and alpha (lora_dim 0: taken from it; otherwise they must agree) with
+    its settings {lora_targets, lora_scaling, dora, source}; our .pt files with LoRA on all of q,k,v give
+    {lora_targets: "q,k,v"}."""
     from .hf_formats import implied_shape
     for path in (lora_checkpoint, init_checkpoint):
         lora = implied_shape(path)["lora"] if path is not None else None
         if lora is None:
             continue
         if "rank" not in lora:  # our .pt with LoRA on all of q,k,v (e.g. a converted adapter)
-            return lora_dim, lora_alpha, ",".join(lora["slices"])
-        rank, alpha, slices = lora["rank"], lora["alpha"], lora["slices"]
+            return lora_dim, lora_alpha, {"lora_targets": ",".join(lora["slices"]), "source": None}
+        rank, alpha, on = lora["rank"], lora["alpha"], lora["targets"]
         alpha = int(alpha) if abs(alpha - round(alpha)) < 1e-9 else alpha
-        on = ",".join(slices)
         if lora_dim not in (0, rank):
             raise InputError(f"this adapter is a rank-{rank} LoRA on {on} but --lora_dim is {lora_dim}: leave "
                              f"--lora_dim out, or pass {rank}", path)
         if lora_dim == rank and abs(lora_alpha - alpha) > 1e-6 * max(1.0, abs(alpha)):
             raise InputError(f"this adapter's LoRA on {on} has alpha {alpha} at rank {rank} but --lora_alpha is "
                              f"{lora_alpha}: leave --lora_dim and --lora_alpha out, or pass --lora_alpha {alpha}", path)
-        return rank, alpha, ",".join(slices)
+        return rank, alpha, {"lora_targets": on, "lora_scaling": lora["scaling"], "dora": lora["dora"],
+                             "source": path}
     return lora_dim, lora_alpha, None
+
+
+VARIANT_FLAGS = {"lora_targets": "--lora_targets", "lora_scaling": "--lora_scaling", "dora": "--dora"}
+
+
+def resolve_variant(from_file, lora_targets, lora_scaling, dora):
+    """(lora_targets, lora_scaling, dora): a flag left at its default takes the adapter's setting; a flag
+    set otherwise than a PEFT adapter says is an InputError (our .pt files: loading checks their tensors)."""
+    flags = {"lora_targets": lora_targets, "lora_scaling": lora_scaling, "dora": dora}
+    for key, value in (from_file or {}).items():
+        if key == "source":
+            continue
+        flag = flags[key]
+        if flag is None or normalized(key, flag) == normalized(key, DEFAULT_SETTINGS[key]):
+            flags[key] = value
+        elif from_file["source"] is not None and normalized(key, flag) != normalized(key, value):
+            shown = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+            raise InputError(f"this adapter's LoRA has {VARIANT_FLAGS[key]} {shown} but the flag says "
+                             f"{normalized(key, flag)}: leave {VARIANT_FLAGS[key]} out", from_file["source"])
+    return flags["lora_targets"], flags["lora_scaling"], flags["dora"]
+
+
+def normalized(key, value):
+    if key == "lora_targets":
+        return ",".join(parse_targets(value))
+    return ("on" if value else "off") if key == "dora" else value
