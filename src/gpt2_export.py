@@ -80,6 +80,7 @@ def export(args):
     from loranlg.checkpoint import describe_shape, export_merged, save_lora
     from loranlg.hf_formats import default_base_model, write_peft_adapter, write_tokenizer
     from loranlg.loading import load_model, resolve_config, variant_kwargs
+    from loranlg.lora_variants import config_targets, describe_variant
 
     config = resolve_config(args.model_card, args.init_checkpoint)
     torch.manual_seed(0)  # without --init_checkpoint the (unwritten) base weights are random
@@ -91,13 +92,13 @@ def export(args):
                          "(pass --lora_dim / --lora_alpha with a LoRA checkpoint)")
     size = describe_shape(config.n_embd, config.n_layer)
     lora = "no LoRA" if config.lora_dim == 0 else \
-        f"LoRA r={config.lora_dim} alpha={config.lora_alpha:g} on {','.join(s for s, on in zip('qkv', config.lora_slices) if on)}"
+        f"LoRA r={config.lora_dim} alpha={config.lora_alpha:g} on {describe_variant(config)}"
     if args.format == "lora":
         path = lora_path(args.output)
         check_writable_dir(os.path.dirname(os.path.abspath(path)))
-        if config.lora_slices != (True, False, True):
-            print("note: this LoRA adapts q, k and v (a PEFT adapter of the whole c_attn); our commands read the file, "
-                  "the original's code reads q,v LoRA only", file=sys.stderr)
+        if config_targets(config) != ("q", "v"):
+            print(f"note: this LoRA adapts {','.join(config_targets(config))}; our commands read the file, the "
+                  "original's code reads q,v LoRA only", file=sys.stderr)
         save_lora(model, path)
         written = path
     else:

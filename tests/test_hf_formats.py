@@ -168,7 +168,7 @@ def test_a_peft_adapter_through_gpt2_beam_and_the_lora_file(tmp_path):
     export = run_script("gpt2_export.py", "--init_checkpoint", tmp_path / "base", "--lora_checkpoint",
                         tmp_path / "adapter", "--format", "lora", "--output", tmp_path / "lora.pt")
     assert export.returncode == 0, export.stderr
-    assert "q, k and v" in export.stderr
+    assert "this LoRA adapts q,k,v" in export.stderr
     ours = load_model(None, 3, 5, init_checkpoint=tmp_path / "base", lora_checkpoint=tmp_path / "lora.pt").eval()
     assert close(logits(ours), logits(trained))
 
@@ -194,6 +194,28 @@ def test_every_variant_reads_back_from_its_peft_adapter(tmp_path, variant):
     assert theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
     peft_model = PeftModel.from_pretrained(hub_twin(ours), tmp_path / "adapter").eval()
     assert close(logits(back), logits(peft_model), tol=1e-4 if variant.get("dora") else TOL)
+
+
+def test_a_variant_adapter_through_the_command(tmp_path):
+    """gpt2_export.py reads a q,k,v,o DoRA adapter without variant flags and writes the same adapter again, and
+    its LoRA file, which reads back with the flags."""
+    from safetensors.torch import load_file
+    torch.manual_seed(0)
+    ours = build_model(tiny_config(), lora_dim=2, lora_alpha=8, lora_targets="q,k,v,o", dora=True).eval()
+    randomize(ours, 0, scale=0.1)
+    save_base_dir(ours, tmp_path / "base")
+    hf_formats.write_peft_adapter(ours, tmp_path / "adapter")
+    common = ["--init_checkpoint", tmp_path / "base", "--lora_checkpoint", tmp_path / "adapter"]
+    done = run_script("gpt2_export.py", *common, "--format", "peft", "--output", tmp_path / "again")
+    assert done.returncode == 0, done.stderr
+    assert "LoRA r=2 alpha=8 on q,k,v,o, DoRA" in done.stderr
+    first, again = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("adapter", "again"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    done = run_script("gpt2_export.py", *common, "--format", "lora", "--output", tmp_path / "lora.pt")
+    assert done.returncode == 0, done.stderr
+    back = load_model(None, 2, 8, init_checkpoint=tmp_path / "base", lora_checkpoint=tmp_path / "lora.pt",
+                      lora_targets="q,k,v,o", dora=True).eval()
+    assert close(logits(back), logits(ours), tol=1e-4)
 
 
 def peft_made(tmp_path, **config):
