@@ -102,8 +102,8 @@ def last_checkpoint(work_dir, up_to=None):
 
 
 def load_resume(path, settings, model, optimizer, schedule, scaler, ctx, train_set, valid_set):
-    """Restore what resume_state gave (written by TrainingRun.save_resume); returns (position, micro_losses on ctx.device). Refuses a file of
-    other settings, and a damaged one."""
+    """Restore what resume_state gave (TrainingRun.save_resume writes it); returns (position, micro_losses on
+    ctx.device). Refuses a file of other settings, and a damaged one."""
     saved = read_resume(path)
     recorded = {**RESUME_DEFAULTS, **saved["settings"]}
     changed = [f"--{k} {recorded.get(k)} -> {v}" for k, v in settings.items() if recorded.get(k) != v]
