@@ -52,9 +52,16 @@ def run_cli(main, argv=None):
     try:
         return main(argv)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(f"error: {err}")
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); outputs are written only when complete, so none was left half-written",
-              file=sys.stderr)
+        print_error("error: interrupted (Ctrl-C); outputs are written only when complete, so none was left "
+                    "half-written")
         sys.exit(EXIT_SIGINT)
+
+
+def print_error(line):
+    """One line on stderr in a single write: the ranks of a distributed run share the stream, and print's separate
+    newline lets another rank's line land in the middle."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

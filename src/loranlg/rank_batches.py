@@ -58,7 +58,6 @@ class _Batches:
 class RankBatches(_Batches):
     def __init__(self, dataset, ctx, seed, batch_size, layout, same_shapes):
         super().__init__(dataset, ctx, data.make_sampler(dataset, ctx, seed), batch_size, layout, same_shapes)
-        self.group = host_group() if self.same_shapes else None  # host integers: gloo, beside the GPU's NCCL
 
     def collate(self, items):
         sizes = data.batch_sizes(items, self.dataset.seq_len)
@@ -68,7 +67,9 @@ class RankBatches(_Batches):
         """The largest of every rank's sizes this step."""
         mine = torch.tensor([sizes.tokens, sizes.longest, sizes.positions], dtype=torch.long)
         every = [torch.empty_like(mine) for _ in range(self.ctx.world_size)]
-        dist.all_gather(every, mine, group=self.group)
+        # Host integers: gloo, beside the GPU's NCCL. The group is looked up, not kept: a reference held past
+        # destroy_process_group lets gloo's threads outlive it and abort the interpreter's exit.
+        dist.all_gather(every, mine, group=host_group())
         return data.BatchSizes(*torch.stack(every).amax(0).tolist())
 
 
