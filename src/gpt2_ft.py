@@ -65,8 +65,8 @@ def build_parser():
     run.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
                      help="where checkpoints, metrics.jsonl and resume.pt go ($PT_OUTPUT_DIR or gpt2_model)")
     run.add_argument("--no_cuda_graph", action="store_true",
-                     help="run every step eagerly; by default one process on a GPU with --grad_acc 1 replays "
-                          "each step as a CUDA graph (same numbers, a fraction of the time)")
+                     help="run every step eagerly; by default each process on a GPU with --grad_acc 1 (bf16 or "
+                          "fp32) replays each step as a CUDA graph (same numbers, a fraction of the time)")
     run.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
                      help="torch.compile the transformer blocks (fuses small kernels; compiling takes about a "
                           "minute at the start). auto: with the CUDA-graph step, falling back to the plain "
