@@ -5,7 +5,6 @@ A runs file has "R TARGETS SEED DIR" a line (SEED "-" for the recipe's one seed)
 train.sh .. eval.sh: its train.log (the trainable count gpt2_ft.py prints), metrics.jsonl (the last validation
 loss), its scores (eval.sh) and, when the sweep saw the run fail, sweep.failed (the stage that failed)."""
 
-import json
 import math
 import os
 import re
@@ -14,6 +13,7 @@ from collections import namedtuple
 
 from .errors import InputError
 from .files import atomic_output, read_lines, write_figure
+from .loss_plot import read_loss_history
 from .paper_results import MODEL_NAMES, generation_rows, paper_rows
 from .report import read_generation_scores, read_scores
 
@@ -79,17 +79,11 @@ def _trainable(log):
 
 
 def _last_valid_loss(metrics):
-    if not os.path.exists(metrics):
+    """The last validation loss in gpt2_ft.py's metrics.jsonl; None before the first (or the first step)."""
+    if not os.path.exists(metrics) or os.path.getsize(metrics) == 0:
         return None
-    losses = []
-    for number, line in read_lines(metrics):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError("not a JSON line (expected gpt2_ft.py's metrics)", metrics, number) from None
-        if isinstance(record, dict) and "valid_loss" in record:
-            losses.append(float(record["valid_loss"]))
-    return losses[-1] if losses else None
+    valid_losses = read_loss_history(metrics)[3]
+    return valid_losses[-1] if valid_losses else None
 
 
 def _scores(directory, task):
