@@ -247,7 +247,7 @@ def _beam_search(decoder, contexts, settings, early_stop, stats, lap):
             best.keep(keep)
             beam_scores, tokens = beam_scores[keep], tokens[keep]
             history = history.view(len(done), beams, -1)[keep].flatten(0, 1)
-            cache.keep(kept)
+            cache.keep(kept, on_device=keep)
             finished.clear()
             lap("search: drop finished contexts")
         count = len(active)

@@ -112,15 +112,15 @@ class BeamCache:
         index = parents[:, :, None].expand(-1, -1, self.steps)
         self.ancestors[:, :, :self.steps] = self.ancestors[:, :, :self.steps].gather(1, index)
 
-    def keep(self, index):
+    def keep(self, index, on_device=None):
         """Keep contexts `index` (dropping finished ones), in that order. A list of rows in increasing order
         (what beam search drops) moves the keys and values within the cache: the memory of a second cache is
-        never needed."""
+        never needed. on_device: the same index already on the cache's device (saves a copy)."""
         if isinstance(index, torch.Tensor) or any(a >= b for a, b in zip(index, index[1:])):
             self.kv = self.kv.index_select(0, torch.as_tensor(index, device=self.kv.device))
         else:
             self.kv = move_rows_forward(self.kv, index)
-        index = torch.as_tensor(index, device=self.kv.device)
+        index = torch.as_tensor(index, device=self.kv.device) if on_device is None else on_device
         self.lengths = self.lengths.index_select(0, index)
         self.ancestors = self.ancestors.index_select(0, index)
 
