@@ -198,4 +198,4 @@ def main(argv=None, stop_after_step=None, speed=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, exit_at_once=True)

@@ -17,7 +17,8 @@ from test_train_runs import lora_tensors, records
 
 pytestmark = pytest.mark.slow
 
-# gpt2_ft.main with the step chosen by the test: "eager", or "packed" (GraphedStep's function, uncaptured).
+# gpt2_ft.main with the step chosen by the test: "eager", or "packed" (GraphedStep's function, uncaptured); it ends
+# as gpt2_ft.py does.
 DRIVER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {src!r})
@@ -35,7 +36,7 @@ DRIVER = textwrap.dedent("""
             write(obj, path)
         checkpoint_writer.write_torch = failing
     from loranlg.errors import run_cli
-    run_cli(lambda argv: gpt2_ft.main(argv, stop_after_step=stop, speed=speed), sys.argv[1:])
+    run_cli(lambda argv: gpt2_ft.main(argv, stop_after_step=stop, speed=speed), sys.argv[1:], exit_at_once=True)
 """)
 
 

@@ -142,6 +142,33 @@ def test_a_signal_to_the_command_exits_with_128_plus_its_number(tmp_path, data, 
     assert glob.glob(str(work / "model.*.pt")) == [] and not (work / LOCK_FILE).exists()
 
 
+EXIT_AT_ONCE = """
+import sys
+sys.path.insert(0, {src!r})
+from loranlg.errors import InputError, run_cli
+def main(argv):
+    print("output still in the buffer", end="")
+    sys.stderr.write("a partial line")
+    if argv:
+        raise InputError("bad value", "f.txt", 3)
+run_cli(main, sys.argv[1:], exit_at_once=True)
+print(" and this never runs")
+"""
+
+
+def test_a_command_ending_at_once_flushes_its_output_and_keeps_its_exit_code(tmp_path):
+    """run_cli(exit_at_once=True), as gpt2_ft.py and gpt2_beam.py end: os._exit after flushing stdout and stderr,
+    with 0, or an error's line and code."""
+    script = tmp_path / "command.py"
+    script.write_text(EXIT_AT_ONCE.format(src=str(REPO / "src")))
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a pipe's stdout is by default
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=buffered)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "output still in the buffer", "a partial line")
+    done = subprocess.run([sys.executable, str(script), "x"], capture_output=True, text=True, env=buffered)
+    assert (done.returncode, done.stdout) == (2, "output still in the buffer")
+    assert done.stderr == "a partial lineerror: f.txt:3: bad value\n"
+
+
 def test_train_sh_writes_no_train_done_when_training_fails(tmp_path, data):
     fake = stand_in_python(tmp_path, "echo 'error: SIGINT: training stopped at step 3' >&2\nexit 130")
     work = tmp_path / "work"
