@@ -28,9 +28,9 @@
 #                                         e.g. a released LoRA file such as gpt2_md_lora_e2e.pt
 #                                         (gpt2_md_lora_webnlg.pt, gpt2_md_lora_dart.pt, gpt2_lg_lora_*.pt)
 #   PYTHON                                the interpreter (default .venv/bin/python when it exists, else python3)
-#   TORCHINDUCTOR_CACHE_DIR               torch.compile's cache (default .cache/torchinductor in the repository):
-#                                         a run reuses the kernels an earlier run compiled, also after /tmp is
-#                                         cleared or on another node sharing the repository
+#   TORCHINDUCTOR_CACHE_DIR               torch.compile's cache (default .cache/torchinductor): a run with the
+#                                         same settings loads the kernels an earlier run compiled, also after
+#                                         /tmp is cleared or on another node sharing the repository
 # Relative paths are taken from the repository root (the scripts run from any directory).
 # Anything after `--` goes to the stage's Python command as extra flags (a repeated flag overrides ours).
 # Recipes (paper Table 11; a flag after -- changes one): every task trains with batch 8, lr 2e-4, 5 epochs,
@@ -47,7 +47,6 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The repository's .venv (scripts/setup.sh) when there is one; PYTHON overrides.
 PY=${PYTHON:-$(if [ -x "$REPO_DIR/.venv/bin/python" ]; then echo "$REPO_DIR/.venv/bin/python"; else echo python3; fi)}
 EXTRA_ARGS=()
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$REPO_DIR/.cache/torchinductor}
 
 # --help: the comment block at the top of the script, then the settings every stage shares (this file's).
 usage() {
@@ -137,6 +136,8 @@ resolve_settings() {
   WORK_DIR=$(absolute "${WORK_DIR:-$DEFAULT_WORK}")
   DATA_DIR=$(absolute "${DATA_DIR:-data/$DATA_NAME}")
   PRETRAINED_DIR=$(absolute "${PRETRAINED_DIR:-pretrained_checkpoints}")
+  TORCHINDUCTOR_CACHE_DIR=$(absolute "${TORCHINDUCTOR_CACHE_DIR:-.cache/torchinductor}")
+  export TORCHINDUCTOR_CACHE_DIR
   VOCAB_GIVEN=${VOCAB_DIR:+1}
   VOCAB_DIR=$(absolute "${VOCAB_DIR:-$PRETRAINED_DIR}")
   if [ -z "${INIT_CHECKPOINT:-}" ]; then

@@ -240,18 +240,19 @@ def test_one_node_torchrun_is_standalone(tmp_path):
 
 def test_training_keeps_compiled_kernels_in_the_repository(tmp_path):
     """torch.compile's cache defaults to REPO/.cache/torchinductor (a later run reuses the kernels); a user's
-    TORCHINDUCTOR_CACHE_DIR is kept."""
+    TORCHINDUCTOR_CACHE_DIR is kept, a relative one taken from the repository like the scripts' other paths."""
     fake = stand_in_python(tmp_path, 'echo "$TORCHINDUCTOR_CACHE_DIR" >> "$LOG"')
     for name in ("train.jsonl", "valid.jsonl"):
         (tmp_path / name).write_text("{}\n")
     env = dict(PYTHON=str(fake), LOG=str(tmp_path / "log"), DATA_DIR=str(tmp_path), INIT_CHECKPOINT="none",
                WORK_DIR=str(tmp_path / "run"), LAUNCHER="python", PATH=stand_in_gpu(tmp_path))
     base = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
-    for chosen, expected in ((None, REPO / ".cache" / "torchinductor"), (tmp_path / "mine", tmp_path / "mine")):
+    for chosen, expected in ((None, REPO / ".cache" / "torchinductor"), (tmp_path / "mine", tmp_path / "mine"),
+                             ("rel/cache", REPO / "rel" / "cache")):  # relative: from the repository, as the others
         (tmp_path / "log").unlink(missing_ok=True)
         run_env = dict(base, **env, **({"TORCHINDUCTOR_CACHE_DIR": str(chosen)} if chosen else {}))
         done = subprocess.run(["bash", str(REPO / "scripts" / "train_e2e.sh")], capture_output=True, text=True,
-                              env=run_env, cwd=REPO)
+                              env=run_env, cwd=tmp_path)
         assert "ended without writing a model.{step}.pt" in done.stderr, done.stderr[-2000:]
         assert (tmp_path / "log").read_text().strip() == str(expected)
 

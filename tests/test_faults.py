@@ -143,30 +143,46 @@ def test_a_signal_to_the_command_exits_with_128_plus_its_number(tmp_path, data, 
 
 
 EXIT_AT_ONCE = """
-import sys
+import sys, threading, time
 sys.path.insert(0, {src!r})
 from loranlg.errors import InputError, run_cli
+def write_late(path):
+    time.sleep(0.5)
+    open(path, "w").write("written")
 def main(argv):
     print("output still in the buffer", end="")
     sys.stderr.write("a partial line")
-    if argv:
+    if argv[0] == "bad":
         raise InputError("bad value", "f.txt", 3)
+    if argv[0] == "bug":
+        raise ZeroDivisionError("a bug")
+    if argv[0] == "writer":  # a write under way when main returns, as checkpoint_writer's
+        threading.Thread(target=write_late, args=(argv[1],)).start()
 run_cli(main, sys.argv[1:], exit_at_once=True)
 print(" and this never runs")
 """
 
 
 def test_a_command_ending_at_once_flushes_its_output_and_keeps_its_exit_code(tmp_path):
-    """run_cli(exit_at_once=True), as gpt2_ft.py and gpt2_beam.py end: os._exit after flushing stdout and stderr,
-    with 0, or an error's line and code."""
+    """run_cli(exit_at_once=True), as gpt2_ft.py and gpt2_beam.py end: os._exit once the threads Python would wait
+    for have ended and stdout and stderr are flushed; 0, an error's line and code, or a bug's traceback and 1."""
     script = tmp_path / "command.py"
     script.write_text(EXIT_AT_ONCE.format(src=str(REPO / "src")))
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a pipe's stdout is by default
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=buffered)
+
+    def command(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=buffered)
+
+    done = command("fine")
     assert (done.returncode, done.stdout, done.stderr) == (0, "output still in the buffer", "a partial line")
-    done = subprocess.run([sys.executable, str(script), "x"], capture_output=True, text=True, env=buffered)
+    done = command("bad")
     assert (done.returncode, done.stdout) == (2, "output still in the buffer")
     assert done.stderr == "a partial lineerror: f.txt:3: bad value\n"
+    done = command("bug")
+    assert (done.returncode, done.stdout) == (1, "output still in the buffer")
+    assert "Traceback" in done.stderr and done.stderr.endswith("ZeroDivisionError: a bug\n")
+    done = command("writer", str(tmp_path / "late.txt"))
+    assert done.returncode == 0 and (tmp_path / "late.txt").read_text() == "written"
 
 
 def test_train_sh_writes_no_train_done_when_training_fails(tmp_path, data):

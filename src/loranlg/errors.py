@@ -1,7 +1,10 @@
 """User-facing errors: every bad input ends with file:line, what was expected, and a non-zero exit."""
 
+import contextlib
 import os
 import sys
+import threading
+import traceback
 
 EXIT_INPUT_ERROR = 2
 EXIT_FAULT = 1
@@ -63,13 +66,28 @@ def run_cli(main, argv=None, exit_at_once=False):
         print_error("error: interrupted (Ctrl-C); outputs are written only when complete, so none was left "
                     "half-written")
         code = EXIT_SIGINT
+    except Exception:  # a bug, or a library's failure: its traceback, then the same quick exit
+        if not exit_at_once:
+            raise
+        traceback.print_exc()
+        code = EXIT_FAULT
     if exit_at_once:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        end_process(code)
     if code:
         sys.exit(code)
     return result
+
+
+def end_process(code):
+    """os._exit(code) once the threads Python would wait for (a checkpoint write under way) are done and both
+    streams are flushed."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
 
 
 def print_error(line):
