@@ -207,9 +207,14 @@ def sweep_table(task, cells, note=None):
     if seeded:
         lines += ["", _seeds_line(cells) + " Each number is the mean over the seeds whose run finished ± their sample "
                   "standard deviation (n − 1); one finished seed shows its value alone."]
+    return _with_endnotes(lines, cells, "Not in the table's numbers:", note)
+
+
+def _with_endnotes(lines, cells, left_out_heading, note):
+    """The text of `lines`, then the runs left out (under their heading) and the caller's note."""
     left_out = _left_out(cells)
     if left_out:
-        lines += ["", "Not in the table's numbers:"] + left_out
+        lines += ["", left_out_heading] + left_out
     if note:
         lines += ["", note.strip()]
     return "\n".join(lines) + "\n"
@@ -264,12 +269,7 @@ def results_table(task, cells, model, method="LoRA", note=None):
               + (" BLEU, METEOR and ROUGE-L x100, as the paper prints them." if task == "e2e" else "")]
     if _seeded(cells):
         lines += ["", _seeds_line(cells)]
-    left_out = _left_out(cells)
-    if left_out:
-        lines += ["", "Not in the means:"] + left_out
-    if note:
-        lines += ["", note.strip()]
-    return "\n".join(lines) + "\n"
+    return _with_endnotes(lines, cells, "Not in the means:", note)
 
 
 def plot(task, cells, path):
